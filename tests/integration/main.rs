@@ -1,0 +1,7 @@
+//! The one integration-test binary: every module runs against a real kube-apiserver + etcd (+
+//! controller-manager, scheduler, kwok) started by `tests/support`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod harness;

@@ -1,0 +1,177 @@
+//! Test support: one control plane per test binary, shared by its tests, plus small helpers.
+//!
+//! The control plane starts on first use and stops when the test binary exits (an `atexit` hook,
+//! with the kernel's parent-death signal as a backstop when the binary is killed). Tests share it
+//! and keep apart by working in their own namespaces. A test that needs different API-server
+//! flags starts its own `ControlPlane` and drops it when done.
+
+#![allow(dead_code)]
+
+// Shared with the `kruise-dev` binary, which uses parts the tests do not.
+#[allow(unused_imports)]
+#[path = "../cluster/mod.rs"]
+pub mod cluster;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio::sync::OnceCell;
+
+pub use cluster::{ControlPlane, ControlPlaneConfig};
+
+/// Nodes in the shared control plane.
+pub const SHARED_NODES: usize = 3;
+
+static SHARED: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+static ANY_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// The shared control plane of this test binary. Panics (failing the calling test) if it could
+/// not be started; the component logs have been printed then.
+pub async fn shared() -> &'static ControlPlane {
+    let result = SHARED
+        .get_or_init(|| async {
+            init_tracing();
+            let cfg = ControlPlaneConfig { name: "shared".into(), nodes: SHARED_NODES, ..Default::default() };
+            match ControlPlane::start(cfg).await {
+                Ok(cp) => {
+                    // SAFETY: registering a plain extern "C" fn that does not unwind.
+                    unsafe { libc::atexit(stop_shared_at_exit) };
+                    Ok(cp)
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    match result {
+        Ok(cp) => cp,
+        Err(e) => panic!("the shared control plane did not start: {e}"),
+    }
+}
+
+extern "C" fn stop_shared_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(cp)) = SHARED.get() {
+            if ANY_FAILED.load(Ordering::SeqCst) || std::env::var_os("KRUISE_KEEP_CLUSTER").is_some() {
+                eprintln!("keeping the control plane's files in {}", cp.dir().display());
+                return cp_stop_keep(cp);
+            }
+            cp.stop_shared();
+        }
+    });
+}
+
+fn cp_stop_keep(cp: &ControlPlane) {
+    // stop_shared removes the directory only for temporary ones; copy the logs aside first.
+    let keep = std::env::temp_dir().join("kruise-rs-failed-logs").join(std::process::id().to_string());
+    let _ = std::fs::create_dir_all(&keep);
+    if let Ok(entries) = std::fs::read_dir(cp.dir().join("logs")) {
+        for e in entries.flatten() {
+            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+        }
+    }
+    eprintln!("component logs copied to {}", keep.display());
+    cp.stop_shared();
+}
+
+/// Prints the control plane's logs if the test that holds it panics.
+pub struct LogsOnFailure<'a>(pub &'a ControlPlane);
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            ANY_FAILED.store(true, Ordering::SeqCst);
+            self.0.print_logs(30);
+        }
+    }
+}
+
+/// A test's handle on the shared cluster: an admin client made in the test's own runtime, and a
+/// guard that prints component logs if the test fails.
+pub struct TestCluster {
+    pub cp: &'static ControlPlane,
+    pub client: Client,
+    _logs: LogsOnFailure<'static>,
+}
+
+pub async fn test_cluster() -> TestCluster {
+    let cp = shared().await;
+    let client = cp.admin_client().await.expect("admin client");
+    TestCluster { cp, client, _logs: LogsOnFailure(cp) }
+}
+
+/// A namespace for one test, deleted (best effort) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    admin_kubeconfig: std::path::PathBuf,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>` and waits for its `default` ServiceAccount, without which the
+    /// ServiceAccount admission plugin rejects pods.
+    pub async fn create(tc: &TestCluster, prefix: &str) -> Self {
+        let client = &tc.client;
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let ns =
+            Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        eventually(Duration::from_secs(30), "default ServiceAccount", || async {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await;
+        Self { name, admin_kubeconfig: tc.cp.admin_kubeconfig().to_path_buf() }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let kubeconfig = self.admin_kubeconfig.clone();
+        let name = self.name.clone();
+        // Drop cannot await, and blocking the test's runtime would starve the test's own client
+        // (its connection task runs there): delete from a thread with its own runtime and client.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(client) = cluster::control_plane::client_from_kubeconfig(&kubeconfig).await {
+                    let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `check` every 250 ms until it returns true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() as u32
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_test_writer()
+        .try_init();
+}
