@@ -2,16 +2,17 @@
 # Builds the pinned control-plane binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok) from their Go modules, through the Go module proxy only.
 #
-# Output: target/k8s-bin/<k8s>-etcd<etcd>-kwok<kwok>/ with one binary each and a `.complete` stamp.
-# A second run finds the stamp and returns in well under a second. Prints the directory on stdout.
+# Output: ~/.cache/kruise-rs/k8s-bin/<k8s>-etcd<etcd>-kwok<kwok>/ (KRUISE_K8S_BIN_DIR overrides) with
+# one binary each and a `.complete` stamp. The cache sits outside the checkout so that every clone
+# (CI clones afresh) finds it: a second run returns in well under a second. Prints the directory.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-out="${KRUISE_K8S_BIN_DIR:-$root/target/k8s-bin/${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/kruise-rs/k8s-bin"
+out="${KRUISE_K8S_BIN_DIR:-$cache/${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}}"
 if [[ -f "$out/.complete" ]]; then
   echo "$out"
   exit 0
