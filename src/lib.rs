@@ -1,2 +1,4 @@
 //! kruise-rs: OpenKruise's `apps.kruise.io/v1alpha1` workload automation as a sharded,
 //! actor-based Kubernetes controller. See `docs/design.md`.
+
+pub mod runtime;

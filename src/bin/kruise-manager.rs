@@ -1,1 +1,116 @@
-fn main() {}
+//! kruise-manager: parses flags, starts the actor tree and the HTTP endpoints, and on SIGTERM or
+//! SIGINT releases its shards before exiting.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ractor::Actor;
+
+use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
+use kruise::runtime::http::{self, Readiness};
+use kruise::runtime::lease::{LeaseStore, LeaseTimings};
+use kruise::runtime::metrics::Metrics;
+use kruise::runtime::ownership::ShardOwnership;
+use kruise::runtime::shard::ShardSpace;
+use kruise::runtime::shard_coordinator::{CoordinatorArgs, RELEASE_TIMEOUT};
+use kruise::runtime::supervisor::{ManagerSupervisor, SupervisorMsg};
+
+/// Flags follow upstream kruise-manager's names and defaults where it has them.
+#[derive(Parser, Debug)]
+#[command(name = "kruise-manager", version, about = "kruise-rs controller manager (one of several replicas)")]
+struct Flags {
+    /// Path to a kubeconfig; by default in-cluster config, then KUBECONFIG, then ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Address for /metrics.
+    #[arg(long, default_value = ":8080", value_parser = parse_listen_addr)]
+    metrics_addr: SocketAddr,
+    /// Address for /healthz and /readyz.
+    #[arg(long, default_value = ":8000", value_parser = parse_listen_addr)]
+    health_probe_addr: SocketAddr,
+    /// Namespace of the shard and membership leases.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kruise-system")]
+    leader_election_namespace: String,
+    /// This replica's identity in leases; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Virtual shards the work is cut into. Fixed per installation: every replica must agree.
+    #[arg(long, default_value_t = 32)]
+    shards: u32,
+    /// How long a lease stays valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
+    /// A replica stops acting on a shard when it could not renew it for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_election_renew_deadline: Duration,
+    /// How often leases are renewed and free shards looked for.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_election_retry_period: Duration,
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "kruise-manager".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let flags = Flags::parse();
+    let space = ShardSpace::new(flags.shards)?;
+    let timings = LeaseTimings {
+        lease_duration: flags.leader_election_lease_duration,
+        renew_deadline: flags.leader_election_renew_deadline,
+        retry_period: flags.leader_election_retry_period,
+    }
+    .validate()?;
+    let identity = flags.identity.clone().unwrap_or_else(default_identity);
+    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
+        .await
+        .context("connecting to the Kubernetes API")?;
+
+    let metrics = Metrics::new();
+    let ready = Readiness::default();
+    let ownership = ShardOwnership::default();
+    http::serve(flags.metrics_addr, http::router(metrics.clone(), ready.clone())).await?;
+    if flags.health_probe_addr != flags.metrics_addr {
+        http::serve(flags.health_probe_addr, http::router(metrics.clone(), ready.clone())).await?;
+    }
+
+    let args = CoordinatorArgs {
+        store: LeaseStore::new(client, &flags.leader_election_namespace),
+        identity: identity.clone(),
+        space,
+        timings,
+        ownership,
+        metrics,
+        ready,
+    };
+    let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
+        .await
+        .context("starting the actor tree")?;
+    tracing::info!(%identity, shards = space.count(), namespace = %flags.leader_election_namespace, "kruise-manager started");
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down: releasing shards");
+    let released = ractor::call_t!(supervisor, SupervisorMsg::Shutdown, (RELEASE_TIMEOUT.as_millis() + 1000) as u64);
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "shutdown did not complete cleanly; leases will expire instead");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::pki::{CertFiles, Pki};
 pub use super::process::Lifetime;
-use super::process::{Component, tail};
+use super::process::{Component, http_get, tail};
 use super::{ClusterError, ensure_binaries};
 
 /// Annotation kwok selects the nodes it plays by (`--manage-nodes-with-annotation-selector`).
@@ -157,7 +157,7 @@ impl ControlPlane {
         let etcd_health = format!("127.0.0.1:{etcd_client}");
         self.wait_for("etcd to be healthy", || {
             let addr = etcd_health.clone();
-            async move { Ok(etcd_healthy(&addr).await) }
+            async move { Ok(http_get(&addr, "/health").await.is_some_and(|b| b.contains("\"health\":\"true\""))) }
         })
         .await?;
 
@@ -430,17 +430,6 @@ fn node_ready(n: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn etcd_healthy(addr: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return false };
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").await.is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body).await;
-    body.contains("\"health\":\"true\"")
 }
 
 /// A port that was free a moment ago. Ports handed out in this process are never handed out

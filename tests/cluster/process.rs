@@ -89,6 +89,12 @@ impl Component {
         }
     }
 
+    /// SIGKILL at once (a crash, as far as the process can tell), and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; always reaps the child.
     pub fn stop(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {
@@ -157,6 +163,17 @@ fn spawn_on_keeper_thread(cmd: Command) -> std::io::Result<Child> {
     let (reply_tx, reply_rx) = mpsc::channel();
     keeper.send((cmd, reply_tx)).map_err(|_| std::io::Error::other("control-plane keeper thread is gone"))?;
     reply_rx.recv().map_err(|_| std::io::Error::other("control-plane keeper thread is gone"))?
+}
+
+/// `GET path` over plain HTTP/1.0 on `addr` (host:port); the body, if the status is 200.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }
 
 /// The last `lines` lines of a log file, for failure reports.

@@ -175,3 +175,46 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// A kruise-manager replica run as a child process of the test binary.
+pub struct ManagerProcess {
+    pub identity: String,
+    pub metrics_addr: String,
+    pub process: cluster::process::Component,
+}
+
+impl ManagerProcess {
+    /// Starts `target/.../kruise-manager` against `cp` as the admin, with its leases in
+    /// `lease_namespace`, plus `extra_args`. Its log goes to `<cluster dir>/logs/<identity>.log`.
+    pub fn start(cp: &ControlPlane, lease_namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
+        let metrics_port = cluster::control_plane::free_port().expect("free port");
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let mut args = vec![
+            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+            format!("--identity={identity}"),
+            format!("--leader-election-namespace={lease_namespace}"),
+            format!("--metrics-addr={metrics_addr}"),
+            format!("--health-probe-addr={metrics_addr}"),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let process = cluster::process::Component::spawn(
+            identity,
+            std::path::Path::new(env!("CARGO_BIN_EXE_kruise-manager")),
+            &args,
+            &cp.dir().join("logs"),
+            cluster::Lifetime::TiedToProcess,
+        )
+        .expect("start kruise-manager");
+        Self { identity: identity.to_string(), metrics_addr, process }
+    }
+
+    /// The value of an unlabelled metric on /metrics, if served.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = cluster::process::http_get(&self.metrics_addr, "/metrics").await?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn log_tail(&self) -> String {
+        cluster::process::tail(&self.process.log, 40)
+    }
+}

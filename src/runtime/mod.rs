@@ -1,0 +1,13 @@
+//! The runtime every controller runs on: shards and their leases, the actor tree, metrics and
+//! HTTP endpoints.
+
+pub mod client;
+pub mod flag_values;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod ownership;
+pub mod shard;
+pub mod shard_coordinator;
+pub mod shard_plan;
+pub mod supervisor;

@@ -1,0 +1,77 @@
+//! Which shards this replica may act on right now: the fencing every writer checks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::time::Instant;
+
+use super::shard::ShardId;
+
+/// Shards held, each valid until its renew deadline. A shard whose deadline has passed is not
+/// held, whether or not the coordinator has noticed yet, so a stalled renewal can never leave an
+/// actor writing past the point where another replica may take the lease.
+#[derive(Clone, Default)]
+pub struct ShardOwnership {
+    inner: Arc<RwLock<BTreeMap<ShardId, Instant>>>,
+}
+
+impl ShardOwnership {
+    pub fn holds(&self, shard: ShardId) -> bool {
+        self.read().get(&shard).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Shards held now, in order.
+    pub fn held(&self) -> Vec<ShardId> {
+        let now = Instant::now();
+        self.read().iter().filter(|(_, until)| **until > now).map(|(s, _)| *s).collect()
+    }
+
+    pub(crate) fn grant(&self, shard: ShardId, until: Instant) {
+        self.write().insert(shard, until);
+    }
+
+    /// Removes `shard`; true if it was recorded (held or lapsed).
+    pub(crate) fn revoke(&self, shard: ShardId) -> bool {
+        self.write().remove(&shard).is_some()
+    }
+
+    /// Removes and returns shards whose deadline has passed.
+    pub(crate) fn take_lapsed(&self, now: Instant) -> Vec<ShardId> {
+        let mut map = self.write();
+        let lapsed: Vec<ShardId> = map.iter().filter(|(_, until)| **until <= now).map(|(s, _)| *s).collect();
+        for s in &lapsed {
+            map.remove(s);
+        }
+        lapsed
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ShardId, Instant>> {
+        // The map stays consistent even if a holder of the lock panicked.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ShardId, Instant>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_stops_being_held_at_its_deadline() {
+        let o = ShardOwnership::default();
+        o.grant(ShardId(1), Instant::now() + Duration::from_secs(10));
+        o.grant(ShardId(2), Instant::now() + Duration::from_secs(20));
+        assert!(o.holds(ShardId(1)));
+        assert_eq!(o.held(), vec![ShardId(1), ShardId(2)]);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!o.holds(ShardId(1)), "fenced at the deadline even before anyone cleans up");
+        assert_eq!(o.held(), vec![ShardId(2)]);
+        assert_eq!(o.take_lapsed(Instant::now()), vec![ShardId(1)]);
+        assert!(o.revoke(ShardId(2)));
+        assert!(o.held().is_empty());
+    }
+}

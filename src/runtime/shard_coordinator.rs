@@ -1,0 +1,276 @@
+//! ShardCoordinator: holds this replica's fair share of shard leases.
+//!
+//! Every retry period it lists all our leases (one request), renews its membership lease, works out
+//! who is alive and who holds what, asks [`shard_plan::plan`] what to do, and does it with
+//! compare-and-swap writes. What it holds is published through [`ShardOwnership`], which fences
+//! on the renew deadline by itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::http::Readiness;
+use super::lease::{self, Holder, LeaseError, LeaseStore, LeaseTimings, LeaseTracker, ROLE_LABEL};
+use super::metrics::Metrics;
+use super::ownership::ShardOwnership;
+use super::shard::{ShardId, ShardSpace};
+use super::shard_plan::{self, ShardAction, ShardPlanInput};
+
+const ROLE_SHARD: &str = "shard";
+const ROLE_MEMBER: &str = "member";
+
+pub fn shard_lease_name(s: ShardId) -> String {
+    format!("kruise-shard-{s}")
+}
+
+pub fn member_lease_name(identity: &str) -> String {
+    format!("kruise-member-{identity}")
+}
+
+fn shard_of_lease(name: &str) -> Option<ShardId> {
+    name.strip_prefix("kruise-shard-")?.parse().ok().map(ShardId)
+}
+
+#[derive(Clone)]
+pub struct CoordinatorArgs {
+    pub store: LeaseStore,
+    pub identity: String,
+    pub space: ShardSpace,
+    pub timings: LeaseTimings,
+    pub ownership: ShardOwnership,
+    pub metrics: Metrics,
+    /// Set once the first round has completed.
+    pub ready: Readiness,
+}
+
+pub enum CoordinatorMsg {
+    Tick,
+    /// Give up every lease at once (graceful shutdown), then stop.
+    Release(RpcReplyPort<()>),
+}
+
+pub struct CoordinatorState {
+    args: CoordinatorArgs,
+    tracker: LeaseTracker,
+    preferred_start: ShardId,
+}
+
+pub struct ShardCoordinator;
+
+impl Actor for ShardCoordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorState;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: CoordinatorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let preferred_start = shard_plan::preferred_start(args.space, &args.identity);
+        myself.send_message(CoordinatorMsg::Tick)?;
+        Ok(CoordinatorState { args, tracker: LeaseTracker::default(), preferred_start })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CoordinatorMsg::Tick => {
+                let period = state.args.timings.retry_period;
+                // A round must not outlive the renew deadline: past it our shards are fenced anyway.
+                let round = tokio::time::timeout(state.args.timings.renew_deadline, state.round());
+                match round.await {
+                    Ok(Ok(())) => state.args.ready.set(),
+                    Ok(Err(e)) => warn!(error = %e, "shard lease round failed; retrying"),
+                    Err(_) => warn!("shard lease round timed out; retrying"),
+                }
+                state.expire_lapsed();
+                // Schedule the next round only now, so slow rounds never pile up ticks.
+                myself.send_after(period, || CoordinatorMsg::Tick);
+            }
+            CoordinatorMsg::Release(reply) => {
+                state.release_all().await;
+                let _ = reply.send(());
+                myself.stop(Some("released".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CoordinatorState {
+    async fn round(&mut self) -> Result<(), LeaseError> {
+        let started = Instant::now();
+        let leases = self.args.store.list().await?;
+        let names: Vec<&str> = leases.iter().filter_map(|l| l.metadata.name.as_deref()).collect();
+        self.tracker.retain(&names);
+
+        let me = self.args.identity.clone();
+        let mut holders: BTreeMap<ShardId, (Holder, &Lease)> = BTreeMap::new();
+        let mut live = 1; // ourselves
+        let mut own_member: Option<&Lease> = None;
+        for l in &leases {
+            let name = l.metadata.name.as_deref().unwrap_or_default();
+            let age = self.tracker.observe(l, started);
+            let holder = LeaseTracker::holder(l, &me, age);
+            match l.metadata.labels.as_ref().and_then(|ls| ls.get(ROLE_LABEL)).map(String::as_str) {
+                Some(ROLE_SHARD) => {
+                    if let Some(s) = shard_of_lease(name).filter(|s| s.0 < self.args.space.count()) {
+                        holders.insert(s, (holder, l));
+                    }
+                }
+                Some(ROLE_MEMBER) if name == member_lease_name(&me) => own_member = Some(l),
+                Some(ROLE_MEMBER) => match holder {
+                    Holder::Other(_) => live += 1,
+                    // A member gone for several lease periods: clean up after it.
+                    Holder::Free if age > self.args.timings.lease_duration * 4 => {
+                        if let Err(e) = self.args.store.delete(l).await {
+                            debug!(lease = name, error = %e, "could not delete a stale member lease");
+                        }
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        self.renew_membership(own_member).await;
+        self.args.metrics.live_replicas.set(live);
+
+        let view: BTreeMap<ShardId, Holder> = holders.iter().map(|(s, (h, _))| (*s, h.clone())).collect();
+        let input = ShardPlanInput {
+            space: self.args.space,
+            live_replicas: usize::try_from(live).unwrap_or(1),
+            holders: &view,
+            preferred_start: self.preferred_start,
+        };
+        let until = started + self.args.timings.renew_deadline;
+        let duration = self.args.timings.lease_duration;
+        for action in shard_plan::plan(&input) {
+            let result = match action {
+                ShardAction::Renew(s) => self.write(s, holders.get(&s).map(|(_, l)| lease::renewed(l, duration))).await,
+                ShardAction::Acquire(s) => {
+                    self.write(s, holders.get(&s).map(|(_, l)| lease::acquired(l, &me, duration))).await
+                }
+                ShardAction::Create(s) => {
+                    let l = lease::new_lease(&shard_lease_name(s), ROLE_SHARD, &me, duration);
+                    self.args.store.create(&l).await.map(|_| ())
+                }
+                ShardAction::Release(s) => {
+                    // Stop acting on the shard before anyone else can take it.
+                    self.give_up(s, "released");
+                    self.write(s, holders.get(&s).map(|(_, l)| lease::released(l))).await
+                }
+            };
+            match (action, result) {
+                (ShardAction::Renew(s) | ShardAction::Acquire(s) | ShardAction::Create(s), Ok(())) => {
+                    if !self.args.ownership.holds(s) {
+                        info!(shard = s.0, "acquired shard");
+                        self.args.metrics.shard_handoffs.with_label_values(&["acquired"]).inc();
+                        self.args.metrics.leader_status.with_label_values(&[&shard_lease_name(s)]).set(1);
+                    }
+                    self.args.ownership.grant(s, until);
+                }
+                (ShardAction::Release(_), Ok(())) => {}
+                (_, Err(LeaseError::Conflict(name))) => debug!(lease = name, "lost a lease race"),
+                (a, Err(e)) => {
+                    self.args.metrics.lease_errors.with_label_values(&[action_name(a)]).inc();
+                    warn!(error = %e, "lease write failed");
+                }
+            }
+        }
+        self.args.metrics.shards_held.set(self.args.ownership.held().len() as i64);
+        Ok(())
+    }
+
+    async fn write(&self, s: ShardId, lease: Option<Lease>) -> Result<(), LeaseError> {
+        match lease {
+            Some(l) => self.args.store.update(&l).await.map(|_| ()),
+            None => Err(LeaseError::Conflict(shard_lease_name(s))),
+        }
+    }
+
+    async fn renew_membership(&self, current: Option<&Lease>) {
+        let d = self.args.timings.lease_duration;
+        let me = &self.args.identity;
+        let result = match current {
+            Some(l) => self.args.store.update(&lease::acquired(l, me, d)).await,
+            None => self.args.store.create(&lease::new_lease(&member_lease_name(me), ROLE_MEMBER, me, d)).await,
+        };
+        if let Err(e) = result {
+            self.args.metrics.lease_errors.with_label_values(&["membership"]).inc();
+            warn!(error = %e, "could not renew membership lease");
+        }
+    }
+
+    fn give_up(&self, s: ShardId, direction: &str) {
+        if self.args.ownership.revoke(s) {
+            info!(shard = s.0, direction, "gave up shard");
+            self.args.metrics.shard_handoffs.with_label_values(&[direction]).inc();
+            self.args.metrics.leader_status.with_label_values(&[&shard_lease_name(s)]).set(0);
+        }
+    }
+
+    /// Shards whose renew deadline passed without a renewal are lost.
+    fn expire_lapsed(&self) {
+        for s in self.args.ownership.take_lapsed(Instant::now()) {
+            warn!(shard = s.0, "renew deadline passed; shard lost");
+            self.args.metrics.shard_handoffs.with_label_values(&["lost"]).inc();
+            self.args.metrics.leader_status.with_label_values(&[&shard_lease_name(s)]).set(0);
+        }
+        self.args.metrics.shards_held.set(self.args.ownership.held().len() as i64);
+    }
+
+    /// Graceful shutdown: stop acting on every shard, then mark its lease free so another
+    /// replica takes it within one retry period instead of a lease duration.
+    async fn release_all(&mut self) {
+        let held = self.args.ownership.held();
+        for s in &held {
+            self.give_up(*s, "released");
+        }
+        let leases = match self.args.store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "could not list leases to release them; they will expire");
+                return;
+            }
+        };
+        let me = self.args.identity.as_str();
+        for l in &leases {
+            let holder = l.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+            if holder != Some(me) {
+                continue;
+            }
+            let name = l.metadata.name.as_deref().unwrap_or_default();
+            let result = if name == member_lease_name(me) {
+                self.args.store.delete(l).await
+            } else {
+                self.args.store.update(&lease::released(l)).await.map(|_| ())
+            };
+            if let Err(e) = result {
+                warn!(lease = name, error = %e, "could not release lease; it will expire");
+            }
+        }
+        self.args.metrics.shards_held.set(0);
+        info!(shards = held.len(), "released all leases");
+    }
+}
+
+fn action_name(a: ShardAction) -> &'static str {
+    match a {
+        ShardAction::Renew(_) => "renew",
+        ShardAction::Acquire(_) => "acquire",
+        ShardAction::Create(_) => "create",
+        ShardAction::Release(_) => "release",
+    }
+}
+
+/// How long a graceful release may take before the process exits anyway.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);

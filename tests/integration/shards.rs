@@ -1,0 +1,96 @@
+//! kruise-manager replicas share the shards through leases on the real API server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::ListParams;
+use tokio::time::Instant;
+
+use crate::support::{ManagerProcess, TestNamespace, eventually, test_cluster};
+
+/// Shard lease holders: identity -> number of shards.
+async fn shard_holders(leases: &Api<Lease>) -> BTreeMap<String, usize> {
+    let list = leases.list(&ListParams::default().labels("kruise.io/lease-role=shard")).await.expect("list leases");
+    let mut by_holder = BTreeMap::new();
+    for l in list.items {
+        if let Some(h) = l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()) {
+            *by_holder.entry(h).or_insert(0) += 1;
+        }
+    }
+    by_holder
+}
+
+fn split(counts: &BTreeMap<String, usize>) -> Vec<usize> {
+    let mut v: Vec<usize> = counts.values().copied().collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash() {
+    let tc = test_cluster().await;
+    let ns = TestNamespace::create(&tc, "shards").await;
+    let leases: Api<Lease> = Api::namespaced(tc.client.clone(), &ns.name);
+    // Short leases keep the crash case quick; the retry period bounds a graceful handoff.
+    let timing = [
+        "--leader-election-lease-duration=6s",
+        "--leader-election-renew-deadline=4s",
+        "--leader-election-retry-period=500ms",
+    ];
+    let mut replicas: Vec<ManagerProcess> = ["manager-a", "manager-b", "manager-c"]
+        .iter()
+        .map(|id| ManagerProcess::start(tc.cp, &ns.name, &format!("{}-{id}", ns.name), &timing))
+        .collect();
+
+    eventually(Duration::from_secs(60), "32 shards split 11/11/10 over 3 replicas", || async {
+        split(&shard_holders(&leases).await) == vec![10, 11, 11]
+    })
+    .await;
+    for r in &replicas {
+        let held = shard_holders(&leases).await.get(&r.identity).copied().unwrap_or(0) as f64;
+        eventually(Duration::from_secs(10), "each replica's kruise_shards_held to match its leases", || async {
+            r.metric("kruise_shards_held").await == Some(held)
+        })
+        .await;
+    }
+
+    // SIGTERM: the replica releases its leases, so the others take them within a couple of retry
+    // periods rather than after the 6 s lease duration.
+    let mut stopped = replicas.remove(0);
+    let t0 = Instant::now();
+    stopped.process.stop(Duration::from_secs(10));
+    eventually(Duration::from_secs(20), "the 2 remaining replicas to hold 16/16", || async {
+        split(&shard_holders(&leases).await) == vec![16, 16]
+    })
+    .await;
+    let graceful = t0.elapsed();
+    eprintln!("graceful handoff took {graceful:?}");
+    assert!(
+        graceful < Duration::from_secs(5),
+        "handoff after SIGTERM took {graceful:?}: leases were not released (log:\n{})",
+        stopped.log_tail()
+    );
+    let member = leases.get_opt(&format!("kruise-member-{}", stopped.identity)).await.expect("get member lease");
+    assert!(member.is_none(), "a stopped replica deletes its membership lease");
+
+    // SIGKILL: nothing is released; the survivor takes over once the leases expire.
+    let mut crashed = replicas.remove(0);
+    let t1 = Instant::now();
+    crashed.process.kill();
+    eventually(Duration::from_secs(30), "the last replica to hold all 32 shards", || async {
+        shard_holders(&leases).await.get(&replicas[0].identity) == Some(&32)
+    })
+    .await;
+    let takeover = t1.elapsed();
+    eprintln!("takeover after a crash took {takeover:?}");
+    assert!(
+        takeover >= Duration::from_secs(4),
+        "a crashed replica's shards must not move before its leases can expire"
+    );
+    eventually(Duration::from_secs(10), "the survivor's metric to show 32 shards", || async {
+        replicas[0].metric("kruise_shards_held").await == Some(32.0)
+    })
+    .await;
+}
