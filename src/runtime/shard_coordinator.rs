@@ -57,6 +57,9 @@ pub struct CoordinatorState {
     args: CoordinatorArgs,
     tracker: LeaseTracker,
     preferred_start: ShardId,
+    /// Rounds completed. The first only announces membership: replicas that start together then
+    /// see each other before taking shards, instead of one grabbing everything and giving most back.
+    rounds: u64,
 }
 
 pub struct ShardCoordinator;
@@ -73,7 +76,7 @@ impl Actor for ShardCoordinator {
     ) -> Result<Self::State, ActorProcessingErr> {
         let preferred_start = shard_plan::preferred_start(args.space, &args.identity);
         myself.send_message(CoordinatorMsg::Tick)?;
-        Ok(CoordinatorState { args, tracker: LeaseTracker::default(), preferred_start })
+        Ok(CoordinatorState { args, tracker: LeaseTracker::default(), preferred_start, rounds: 0 })
     }
 
     async fn handle(
@@ -88,7 +91,12 @@ impl Actor for ShardCoordinator {
                 // A round must not outlive the renew deadline: past it our shards are fenced anyway.
                 let round = tokio::time::timeout(state.args.timings.renew_deadline, state.round());
                 match round.await {
-                    Ok(Ok(())) => state.args.ready.set(),
+                    Ok(Ok(())) => {
+                        state.rounds += 1;
+                        if state.rounds > 1 {
+                            state.args.ready.set();
+                        }
+                    }
                     Ok(Err(e)) => warn!(error = %e, "shard lease round failed; retrying"),
                     Err(_) => warn!("shard lease round timed out; retrying"),
                 }
@@ -143,6 +151,9 @@ impl CoordinatorState {
         }
         self.renew_membership(own_member).await;
         self.args.metrics.live_replicas.set(live);
+        if self.rounds == 0 {
+            return Ok(());
+        }
 
         let view: BTreeMap<ShardId, Holder> = holders.iter().map(|(s, (h, _))| (*s, h.clone())).collect();
         let input = ShardPlanInput {
