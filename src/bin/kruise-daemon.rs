@@ -16,7 +16,7 @@ use prometheus::IntGauge;
 
 use kruise::runtime::flag_values::parse_listen_addr;
 use kruise::runtime::http::{self, Readiness};
-use kruise::runtime::metrics::Metrics;
+use kruise::runtime::metrics::MetricsRegistry;
 
 #[derive(Parser, Debug)]
 #[command(name = "kruise-daemon", version, about = "kruise-rs node daemon")]
@@ -53,11 +53,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
 
-    let metrics = Metrics::new();
+    let registry = MetricsRegistry::new();
     let nodes_served = IntGauge::new("kruise_daemon_nodes_served", "Nodes this daemon process serves")?;
-    metrics.register(Box::new(nodes_served.clone()))?;
+    registry.register(&nodes_served)?;
     let ready = Readiness::default();
-    http::serve(flags.addr, http::router(metrics.clone(), ready.clone())).await?;
+    http::serve(flags.addr, http::router(registry, ready.clone())).await?;
 
     let (store, writer) = reflector::store::<Node>();
     let nodes = reflector(writer, watcher(Api::<Node>::all(client), watch_config))

@@ -11,7 +11,7 @@ use ractor::Actor;
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::lease::{LeaseStore, LeaseTimings};
-use kruise::runtime::metrics::Metrics;
+use kruise::runtime::metrics::{MetricsRegistry, ShardMetrics};
 use kruise::runtime::ownership::ShardOwnership;
 use kruise::runtime::shard::ShardSpace;
 use kruise::runtime::shard_coordinator::{CoordinatorArgs, RELEASE_TIMEOUT};
@@ -73,12 +73,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
 
-    let metrics = Metrics::new();
+    let registry = MetricsRegistry::new();
+    let metrics = ShardMetrics::register(&registry)?;
     let ready = Readiness::default();
     let ownership = ShardOwnership::default();
-    http::serve(flags.metrics_addr, http::router(metrics.clone(), ready.clone())).await?;
+    http::serve(flags.metrics_addr, http::router(registry.clone(), ready.clone())).await?;
     if flags.health_probe_addr != flags.metrics_addr {
-        http::serve(flags.health_probe_addr, http::router(metrics.clone(), ready.clone())).await?;
+        http::serve(flags.health_probe_addr, http::router(registry, ready.clone())).await?;
     }
 
     let args = CoordinatorArgs {

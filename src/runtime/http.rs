@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use super::metrics::Metrics;
+use super::metrics::MetricsRegistry;
 
 /// A readiness flag that flips to ready once and stays there.
 #[derive(Clone, Default)]
@@ -27,13 +27,13 @@ impl Readiness {
 
 #[derive(Clone)]
 struct Endpoints {
-    metrics: Metrics,
+    metrics: MetricsRegistry,
     ready: Readiness,
 }
 
 /// Routes for `/metrics`, `/healthz` (the process is serving) and `/readyz` (it has done its
 /// first round of work).
-pub fn router(metrics: Metrics, ready: Readiness) -> Router {
+pub fn router(metrics: MetricsRegistry, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::http::Readiness;
 use super::lease::{self, Holder, LeaseError, LeaseStore, LeaseTimings, LeaseTracker, ROLE_LABEL};
-use super::metrics::Metrics;
+use super::metrics::ShardMetrics;
 use super::ownership::ShardOwnership;
 use super::shard::{ShardId, ShardSpace};
 use super::shard_plan::{self, ShardAction, ShardPlanInput};
@@ -42,7 +42,7 @@ pub struct CoordinatorArgs {
     pub space: ShardSpace,
     pub timings: LeaseTimings,
     pub ownership: ShardOwnership,
-    pub metrics: Metrics,
+    pub metrics: ShardMetrics,
     /// Set once the first round has completed.
     pub ready: Readiness,
 }
@@ -212,6 +212,9 @@ impl CoordinatorState {
         let d = self.args.timings.lease_duration;
         let me = &self.args.identity;
         let result = match current {
+            Some(l) if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me) => {
+                self.args.store.update(&lease::renewed(l, d)).await
+            }
             Some(l) => self.args.store.update(&lease::acquired(l, me, d)).await,
             None => self.args.store.create(&lease::new_lease(&member_lease_name(me), ROLE_MEMBER, me, d)).await,
         };

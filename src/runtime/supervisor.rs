@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
@@ -11,6 +13,30 @@ use super::shard_coordinator::{CoordinatorArgs, CoordinatorMsg, RELEASE_TIMEOUT,
 
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Exponential restart back-off that forgives a child which ran for a while before it failed.
+#[derive(Debug)]
+struct RestartBackoff {
+    next: Duration,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        Self { next: RESTART_BACKOFF_MIN }
+    }
+}
+
+impl RestartBackoff {
+    /// The delay before the next restart, given how long the failed child had run.
+    fn delay(&mut self, ran_for: Option<Duration>) -> Duration {
+        if ran_for.is_some_and(|d| d > RESTART_BACKOFF_MAX) {
+            self.next = RESTART_BACKOFF_MIN;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(RESTART_BACKOFF_MAX);
+        d
+    }
+}
 
 pub enum SupervisorMsg {
     /// Restart the coordinator (sent to ourselves after a back-off).
@@ -22,7 +48,8 @@ pub enum SupervisorMsg {
 pub struct SupervisorState {
     coordinator_args: CoordinatorArgs,
     coordinator: Option<ActorRef<CoordinatorMsg>>,
-    backoff: Duration,
+    started_at: Option<Instant>,
+    backoff: RestartBackoff,
     shutting_down: bool,
 }
 
@@ -31,7 +58,10 @@ pub struct ManagerSupervisor;
 impl ManagerSupervisor {
     async fn start_coordinator(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
         match Actor::spawn_linked(None, ShardCoordinator, state.coordinator_args.clone(), myself.get_cell()).await {
-            Ok((actor, _)) => state.coordinator = Some(actor),
+            Ok((actor, _)) => {
+                state.coordinator = Some(actor);
+                state.started_at = Some(Instant::now());
+            }
             Err(e) => {
                 error!(error = %e, "could not start the shard coordinator");
                 Self::restart_later(myself, state);
@@ -40,8 +70,7 @@ impl ManagerSupervisor {
     }
 
     fn restart_later(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
-        let delay = state.backoff;
-        state.backoff = (state.backoff * 2).min(RESTART_BACKOFF_MAX);
+        let delay = state.backoff.delay(state.started_at.take().map(|t| t.elapsed()));
         myself.send_after(delay, || SupervisorMsg::StartCoordinator);
     }
 }
@@ -59,7 +88,8 @@ impl Actor for ManagerSupervisor {
         let mut state = SupervisorState {
             coordinator_args: args,
             coordinator: None,
-            backoff: RESTART_BACKOFF_MIN,
+            started_at: None,
+            backoff: RestartBackoff::default(),
             shutting_down: false,
         };
         Self::start_coordinator(&myself, &mut state).await;
@@ -114,5 +144,19 @@ impl Actor for ManagerSupervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_back_off_doubles_to_a_cap_and_forgives_a_long_run() {
+        let mut b = RestartBackoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| b.delay(Some(Duration::from_millis(10))).as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(b.delay(Some(Duration::from_secs(600))), RESTART_BACKOFF_MIN, "a child that ran 10 min starts over");
+        assert_eq!(b.delay(None), Duration::from_secs(1), "a failed start keeps backing off");
     }
 }

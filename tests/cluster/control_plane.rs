@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -79,7 +80,25 @@ impl ControlPlane {
     /// Builds the binaries if needed, starts every component and waits until the API server is
     /// ready and all kwok nodes are Ready. On failure, stops what it started and returns the
     /// error with the tail of each component's log printed to stderr.
+    ///
+    /// Free ports are picked by binding and releasing them, so another process can take one in
+    /// between; a component that exits during start-up is retried on fresh ports (twice at most)
+    /// when the configuration lets the ports and directory be chosen freely.
     pub async fn start(config: ControlPlaneConfig) -> Result<Self, ClusterError> {
+        let retryable = config.dir.is_none() && config.apiserver_port.is_none();
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(config.clone()).await {
+                Err(e @ ClusterError::Exited { .. }) if retryable && attempt < 3 => {
+                    eprintln!("control plane start-up attempt {attempt} failed ({e}); retrying on fresh ports");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(config: ControlPlaneConfig) -> Result<Self, ClusterError> {
         let bins = ensure_binaries()?;
         let (dir, remove_dir_on_stop) = match &config.dir {
             Some(d) => (d.clone(), false),
@@ -97,7 +116,7 @@ impl ControlPlane {
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let admin = pki.client_cert("admin", "kruise-admin", Some("system:masters"))?;
         let admin_kubeconfig = dir.join("admin.kubeconfig");
-        write_kubeconfig(&admin_kubeconfig, &server, &pki.ca_cert, "kruise-admin", &admin)?;
+        write_kubeconfig(&admin_kubeconfig, &server, &pki.ca_cert, "kruise-admin", Credentials::Cert(&admin))?;
 
         let mut cp =
             Self { config, dir, remove_dir_on_stop, server, pki, admin_kubeconfig, components: Mutex::new(Vec::new()) };
@@ -343,7 +362,33 @@ impl ControlPlane {
         let stem = format!("user-{}", sanitize(user));
         let cert = self.pki.client_cert(&stem, user, group)?;
         let path = self.dir.join(format!("{stem}.kubeconfig"));
-        write_kubeconfig(&path, &self.server, &self.pki.ca_cert, user, &cert)?;
+        write_kubeconfig(&path, &self.server, &self.pki.ca_cert, user, Credentials::Cert(&cert))?;
+        Ok(path)
+    }
+
+    /// A kubeconfig that authenticates as the existing ServiceAccount `namespace/name`, with a
+    /// one-hour token the API server issues through the TokenRequest API: how an in-cluster
+    /// controller authenticates, so RBAC rules meant for a ServiceAccount can be tested as written.
+    pub async fn service_account_kubeconfig(
+        &self,
+        admin: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf, ClusterError> {
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+            ..Default::default()
+        };
+        let issued = Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await?;
+        let token = issued.status.and_then(|s| s.token).unwrap_or_default();
+        if token.is_empty() {
+            return Err(ClusterError::Kubeconfig(format!("no token issued for {namespace}/{name}")));
+        }
+        let path = self.dir.join(format!("sa-{}-{}.kubeconfig", sanitize(namespace), sanitize(name)));
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        write_kubeconfig(&path, &self.server, &self.pki.ca_cert, &user, Credentials::Token(&token))?;
         Ok(path)
     }
 
@@ -361,11 +406,6 @@ impl ControlPlane {
         for c in self.lock_components().iter() {
             eprintln!("----- {} ({}), last {lines} lines -----\n{}", c.name, c.log.display(), tail(&c.log, lines));
         }
-    }
-
-    /// Whether the working directory is kept after `stop`.
-    pub fn keep_dir(&mut self, keep: bool) {
-        self.remove_dir_on_stop = !keep;
     }
 
     /// Stops every component (last started first) and removes a temporary working directory.
@@ -411,13 +451,28 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, ClusterError>
     Ok(Client::try_from(config)?)
 }
 
-fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: &str, cert: &CertFiles) -> Result<(), ClusterError> {
+enum Credentials<'a> {
+    Cert(&'a CertFiles),
+    Token(&'a str),
+}
+
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &str,
+    creds: Credentials<'_>,
+) -> Result<(), ClusterError> {
+    let user_entry = match creds {
+        Credentials::Cert(c) => json!({"client-certificate": c.cert, "client-key": c.key}),
+        Credentials::Token(t) => json!({"token": t}),
+    };
     // JSON is valid YAML: kubectl and kube-rs read it as a kubeconfig.
     let kc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "kruise-local", "cluster": {"server": server, "certificate-authority": ca}}],
-        "users": [{"name": user, "user": {"client-certificate": cert.cert, "client-key": cert.key}}],
+        "users": [{"name": user, "user": user_entry}],
         "contexts": [{"name": "kruise-local", "context": {"cluster": "kruise-local", "user": user}}],
         "current-context": "kruise-local",
     });

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use cluster::process::terminate_pid;
+use cluster::process::{pid_alive, terminate_pid};
 use cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
 
 #[derive(Parser)]
@@ -78,11 +78,6 @@ fn read_state(dir: &Path) -> anyhow::Result<Option<State>> {
     Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?))
 }
 
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only asks whether the process exists.
-    libc::pid_t::try_from(pid).is_ok_and(|p| unsafe { libc::kill(p, 0) } == 0)
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -105,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn up(dir: &Path, nodes: usize, port: u16, feature_gates: &str) -> anyhow::Result<()> {
     if let Some(state) = read_state(dir)? {
-        if state.components.iter().all(|(_, pid)| alive(*pid)) {
+        if state.components.iter().all(|(_, pid)| pid_alive(*pid)) {
             eprintln!("dev cluster already up at {}", state.server);
             println!("{}", state.kubeconfig.display());
             return Ok(());
@@ -144,7 +139,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     for (name, pid) in state.components.iter().rev() {
-        if alive(*pid) {
+        if pid_alive(*pid) {
             eprintln!("stopping {name} ({pid})");
             terminate_pid(*pid, Duration::from_secs(5));
         }
@@ -159,9 +154,9 @@ fn status(dir: &Path) -> anyhow::Result<()> {
     println!("server:     {}", state.server);
     println!("kubeconfig: {}", state.kubeconfig.display());
     for (name, pid) in &state.components {
-        println!("{name:<24} pid {pid:<8} {}", if alive(*pid) { "running" } else { "GONE" });
+        println!("{name:<24} pid {pid:<8} {}", if pid_alive(*pid) { "running" } else { "GONE" });
     }
-    if state.components.iter().any(|(_, pid)| !alive(*pid)) {
+    if state.components.iter().any(|(_, pid)| !pid_alive(*pid)) {
         bail!("some components are gone; logs are in {}", dir.join("logs").display());
     }
     Ok(())

@@ -109,10 +109,10 @@ impl Component {
 /// Sends SIGTERM to `pid` and waits up to `grace` for it to go, then SIGKILLs it. Works for
 /// processes that are not our children too (used by `kruise-dev down`).
 pub fn terminate_pid(pid: u32, grace: Duration) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(raw) = libc::pid_t::try_from(pid) else { return };
     // SAFETY: plain syscalls on a pid we started.
     unsafe {
-        if libc::kill(pid, libc::SIGTERM) != 0 {
+        if libc::kill(raw, libc::SIGTERM) != 0 {
             return;
         }
     }
@@ -125,19 +125,25 @@ pub fn terminate_pid(pid: u32, grace: Duration) {
     }
     // SAFETY: as above.
     unsafe {
-        libc::kill(pid, libc::SIGKILL);
+        libc::kill(raw, libc::SIGKILL);
     }
 }
 
-fn pid_alive(pid: libc::pid_t) -> bool {
-    // A zombie child still answers kill(0); reap it if it is ours so the loop can end.
-    // SAFETY: waitpid with WNOHANG on a specific pid does not block.
-    unsafe {
+/// Whether `pid` is a running process. A zombie (exited, not yet reaped) counts as gone: once a
+/// starter has exited, its orphans are reaped by PID 1, which in some sandboxes never reaps.
+pub fn pid_alive(pid: u32) -> bool {
+    // Reap it first if it is our own child; WNOHANG never blocks.
+    if let Ok(raw) = libc::pid_t::try_from(pid) {
         let mut status = 0;
-        if libc::waitpid(pid, &mut status, libc::WNOHANG) == pid {
+        // SAFETY: waitpid on one specific pid with WNOHANG.
+        if unsafe { libc::waitpid(raw, &mut status, libc::WNOHANG) } == raw {
             return false;
         }
-        libc::kill(pid, 0) == 0
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
     }
 }
 

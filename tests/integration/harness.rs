@@ -1,17 +1,19 @@
 //! Proves the test harness: a real control plane where Deployments schedule onto kwok nodes and
-//! become Ready, RBAC is enforced, and a control plane is torn down when its owner panics.
+//! become Ready, RBAC is enforced for users and ServiceAccount tokens, and a control plane is torn
+//! down when its owner panics.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 
-use crate::support::cluster::control_plane::node_name;
+use crate::support::cluster::control_plane::{client_from_kubeconfig, node_name};
+use crate::support::cluster::process::pid_alive;
 use crate::support::{ControlPlane, ControlPlaneConfig, SHARED_NODES, TestNamespace, eventually, test_cluster};
 
 fn pod_ready(p: &Pod) -> bool {
@@ -121,13 +123,68 @@ async fn rbac_is_enforced_for_a_less_privileged_user() {
     assert!(forbidden(secrets.list(&ListParams::default()).await), "pod rights must not extend to secrets");
 }
 
-fn forbidden<T>(r: Result<T, kube::Error>) -> bool {
-    matches!(r, Err(kube::Error::Api(s)) if s.code == 403)
+#[tokio::test]
+async fn a_service_account_token_authenticates_and_rbac_governs_it() {
+    let tc = test_cluster().await;
+    let ns = TestNamespace::create(&tc, "harness-sa").await;
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some("controller".into()), ..Default::default() },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(tc.client.clone(), &ns.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("sa");
+    let kubeconfig = tc.cp.service_account_kubeconfig(&tc.client, &ns.name, "controller").await.expect("token");
+    let client = client_from_kubeconfig(&kubeconfig).await.expect("sa client");
+    let secrets: Api<Secret> = Api::namespaced(client, &ns.name);
+
+    // The API server knows who is asking: the 403 names the ServiceAccount user.
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => assert!(
+            s.message.contains(&format!("system:serviceaccount:{}:controller", ns.name)),
+            "the token must authenticate as the ServiceAccount: {}",
+            s.message
+        ),
+        other => panic!("a ServiceAccount with no role must be forbidden to list secrets, got {other:?}"),
+    }
+
+    let role = Role {
+        metadata: ObjectMeta { name: Some("secret-reader".into()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec!["secrets".into()]),
+            verbs: vec!["list".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: ObjectMeta { name: Some("controller-reads-secrets".into()), ..Default::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "secret-reader".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "controller".into(),
+            namespace: Some(ns.name.clone()),
+            ..Default::default()
+        }]),
+    };
+    Api::<Role>::namespaced(tc.client.clone(), &ns.name).create(&PostParams::default(), &role).await.expect("role");
+    Api::<RoleBinding>::namespaced(tc.client.clone(), &ns.name)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("rolebinding");
+    eventually(Duration::from_secs(20), "the ServiceAccount to be allowed to list secrets", || async {
+        secrets.list(&ListParams::default()).await.is_ok()
+    })
+    .await;
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+fn forbidden<T>(r: Result<T, kube::Error>) -> bool {
+    matches!(r, Err(kube::Error::Api(s)) if s.code == 403)
 }
 
 #[tokio::test]
@@ -155,4 +212,52 @@ async fn a_control_plane_is_torn_down_when_its_owner_panics() {
         assert!(!pid_alive(*pid), "{name} (pid {pid}) outlived the panic");
     }
     assert!(!dir.exists(), "the temporary directory {} was not removed", dir.display());
+}
+
+/// Where the helper below writes the pids of the control plane it started.
+const HELPER_PID_FILE: &str = "KRUISE_TEST_HELPER_PID_FILE";
+
+#[tokio::test]
+#[ignore = "helper: run by a_killed_test_binary_takes_its_control_plane_with_it in a child process"]
+async fn helper_start_a_control_plane_and_wait_to_be_killed() {
+    let Some(pid_file) = std::env::var_os(HELPER_PID_FILE) else {
+        eprintln!("{HELPER_PID_FILE} not set: nothing to do");
+        return;
+    };
+    let cp = ControlPlane::start(ControlPlaneConfig { name: "killed".into(), nodes: 1, ..Default::default() })
+        .await
+        .expect("control plane");
+    let pids: Vec<String> = cp.pids().iter().map(|(_, p)| p.to_string()).collect();
+    std::fs::write(&pid_file, format!("{}\n{}", cp.dir().display(), pids.join(" "))).expect("write pid file");
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}
+
+#[tokio::test]
+async fn a_killed_test_binary_takes_its_control_plane_with_it() {
+    // SIGKILL skips Drop and atexit: the kernel's parent-death signal must stop the components.
+    let pid_file = std::env::temp_dir().join(format!("kruise-helper-{}-{}", std::process::id(), line!()));
+    let _ = std::fs::remove_file(&pid_file);
+    let mut helper = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--ignored", "--exact", "harness::helper_start_a_control_plane_and_wait_to_be_killed", "--nocapture"])
+        .env(HELPER_PID_FILE, &pid_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start helper");
+    eventually(Duration::from_secs(120), "the helper's control plane to start", || async { pid_file.exists() }).await;
+    let text = std::fs::read_to_string(&pid_file).expect("pid file");
+    let _ = std::fs::remove_file(&pid_file);
+    let (dir, pids) = text.split_once('\n').expect("dir and pids");
+    let pids: Vec<u32> = pids.split_whitespace().map(|p| p.parse().expect("pid")).collect();
+    assert_eq!(pids.len(), 5, "etcd, apiserver, controller-manager, scheduler, kwok");
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+
+    helper.kill().expect("SIGKILL the helper");
+    helper.wait().expect("reap the helper");
+    eventually(Duration::from_secs(10), "every component to die with the helper", || async {
+        pids.iter().all(|p| !pid_alive(*p))
+    })
+    .await;
+    // Nothing ran to remove the helper's directory; clean up after it.
+    let _ = std::fs::remove_dir_all(dir);
 }

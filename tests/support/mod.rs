@@ -34,7 +34,12 @@ pub async fn shared() -> &'static ControlPlane {
     let result = SHARED
         .get_or_init(|| async {
             init_tracing();
-            let cfg = ControlPlaneConfig { name: "shared".into(), nodes: SHARED_NODES, ..Default::default() };
+            let mut cfg = ControlPlaneConfig { name: "shared".into(), nodes: SHARED_NODES, ..Default::default() };
+            // The suite must pass with the API server's sharded watch on (the default) and off:
+            // KRUISE_TEST_FEATURE_GATES=ShardedListAndWatch=false runs it the other way.
+            if let Ok(gates) = std::env::var("KRUISE_TEST_FEATURE_GATES") {
+                cfg.feature_gates = gates.split(',').filter(|g| !g.is_empty()).map(String::from).collect();
+            }
             match ControlPlane::start(cfg).await {
                 Ok(cp) => {
                     // SAFETY: registering a plain extern "C" fn that does not unwind.
@@ -54,17 +59,17 @@ pub async fn shared() -> &'static ControlPlane {
 extern "C" fn stop_shared_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if let Some(Ok(cp)) = SHARED.get() {
-            if ANY_FAILED.load(Ordering::SeqCst) || std::env::var_os("KRUISE_KEEP_CLUSTER").is_some() {
-                eprintln!("keeping the control plane's files in {}", cp.dir().display());
-                return cp_stop_keep(cp);
+            if ANY_FAILED.load(Ordering::SeqCst) || std::env::var_os("KRUISE_KEEP_LOGS").is_some() {
+                save_logs(cp);
             }
             cp.stop_shared();
         }
     });
 }
 
-fn cp_stop_keep(cp: &ControlPlane) {
-    // stop_shared removes the directory only for temporary ones; copy the logs aside first.
+/// Copies the component (and manager) logs out of the control plane's temporary directory, which
+/// stopping removes.
+fn save_logs(cp: &ControlPlane) {
     let keep = std::env::temp_dir().join("kruise-rs-failed-logs").join(std::process::id().to_string());
     let _ = std::fs::create_dir_all(&keep);
     if let Ok(entries) = std::fs::read_dir(cp.dir().join("logs")) {
@@ -73,7 +78,6 @@ fn cp_stop_keep(cp: &ControlPlane) {
         }
     }
     eprintln!("component logs copied to {}", keep.display());
-    cp.stop_shared();
 }
 
 /// Prints the control plane's logs if the test that holds it panics.
