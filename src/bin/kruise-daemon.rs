@@ -40,9 +40,7 @@ struct Flags {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    kruise::runtime::logging::init("info");
     let flags = Flags::parse();
     let watch_config = match (&flags.node_name, flags.simulated) {
         (_, true) => watcher::Config::default().labels(&flags.simulated_node_selector),

@@ -57,9 +57,7 @@ fn default_identity() -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    kruise::runtime::logging::init("info");
     let flags = Flags::parse();
     let space = ShardSpace::new(flags.shards)?;
     let timings = LeaseTimings {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod flag_values;
 pub mod http;
 pub mod lease;
+pub mod logging;
 pub mod metrics;
 pub mod ownership;
 pub mod shard;

@@ -80,10 +80,8 @@ fn read_state(dir: &Path) -> anyhow::Result<Option<State>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // The readiness poll meets 500s while the API server starts; the client logs each as an error.
+    kruise::runtime::logging::init("info,kube_client::client::builder=off");
     let cli = Cli::parse();
     match cli.command {
         Cmd::Up { nodes, port, feature_gates } => up(&cli.dir, nodes, port, &feature_gates).await,

@@ -87,34 +87,13 @@ async fn rbac_is_enforced_for_a_less_privileged_user() {
 
     // Grant pods only: the same identity can now list pods and still not secrets, so the 403s
     // above came from RBAC deciding about an authenticated user.
-    let role = Role {
-        metadata: ObjectMeta { name: Some("pod-reader".into()), ..Default::default() },
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["".into()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
+    let alice_subject = Subject {
+        kind: "User".into(),
+        name: "alice".into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        ..Default::default()
     };
-    let binding = RoleBinding {
-        metadata: ObjectMeta { name: Some("alice-reads-pods".into()), ..Default::default() },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: "pod-reader".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: "alice".into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    };
-    Api::<Role>::namespaced(tc.client.clone(), &ns.name).create(&PostParams::default(), &role).await.expect("role");
-    Api::<RoleBinding>::namespaced(tc.client.clone(), &ns.name)
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("rolebinding");
+    grant(&tc.client, &ns.name, "pod-reader", "pods", &["get", "list", "watch"], alice_subject).await;
 
     eventually(Duration::from_secs(20), "alice to be allowed to list pods", || async {
         pods.list(&ListParams::default()).await.is_ok()
@@ -149,38 +128,44 @@ async fn a_service_account_token_authenticates_and_rbac_governs_it() {
         other => panic!("a ServiceAccount with no role must be forbidden to list secrets, got {other:?}"),
     }
 
-    let role = Role {
-        metadata: ObjectMeta { name: Some("secret-reader".into()), ..Default::default() },
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec!["".into()]),
-            resources: Some(vec!["secrets".into()]),
-            verbs: vec!["list".into()],
-            ..Default::default()
-        }]),
+    let sa_subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: "controller".into(),
+        namespace: Some(ns.name.clone()),
+        ..Default::default()
     };
-    let binding = RoleBinding {
-        metadata: ObjectMeta { name: Some("controller-reads-secrets".into()), ..Default::default() },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: "secret-reader".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "controller".into(),
-            namespace: Some(ns.name.clone()),
-            ..Default::default()
-        }]),
-    };
-    Api::<Role>::namespaced(tc.client.clone(), &ns.name).create(&PostParams::default(), &role).await.expect("role");
-    Api::<RoleBinding>::namespaced(tc.client.clone(), &ns.name)
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("rolebinding");
+    grant(&tc.client, &ns.name, "secret-reader", "secrets", &["list"], sa_subject).await;
     eventually(Duration::from_secs(20), "the ServiceAccount to be allowed to list secrets", || async {
         secrets.list(&ListParams::default()).await.is_ok()
     })
     .await;
+}
+
+/// Creates Role `role` allowing `verbs` on core `resource` in `ns`, bound to `subject`.
+async fn grant(admin: &kube::Client, ns: &str, role: &str, resource: &str, verbs: &[&str], subject: Subject) {
+    let r = Role {
+        metadata: ObjectMeta { name: Some(role.into()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec![resource.into()]),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: ObjectMeta { name: Some(format!("{role}-binding")), ..Default::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: role.into(),
+        },
+        subjects: Some(vec![subject]),
+    };
+    Api::<Role>::namespaced(admin.clone(), ns).create(&PostParams::default(), &r).await.expect("create role");
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create rolebinding");
 }
 
 fn forbidden<T>(r: Result<T, kube::Error>) -> bool {
