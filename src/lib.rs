@@ -1,4 +1,5 @@
 //! kruise-rs: OpenKruise's `apps.kruise.io/v1alpha1` workload automation as a sharded,
 //! actor-based Kubernetes controller. See `docs/design.md`.
 
+pub mod api;
 pub mod runtime;

@@ -21,6 +21,8 @@ use kruise::runtime::supervisor::{ManagerSupervisor, SupervisorMsg};
 #[derive(Parser, Debug)]
 #[command(name = "kruise-manager", version, about = "kruise-rs controller manager (one of several replicas)")]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Path to a kubeconfig; by default in-cluster config, then KUBECONFIG, then ~/.kube/config.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
@@ -50,6 +52,32 @@ struct Flags {
     leader_election_retry_period: Duration,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the CRD manifests generated from the API types, or write one file per CRD.
+    Crds {
+        /// Directory to write `<group>_<plural>.yaml` files into (e.g. deploy/helm/kruise/crds).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// `kruise-manager crds`: the CRDs as YAML, to stdout or as files.
+fn write_crds(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    for crd in kruise::api::crds() {
+        let yaml = kruise::api::crd_yaml(&crd)?;
+        match out {
+            Some(dir) => {
+                let path = dir.join(kruise::api::crd_file_name(&crd));
+                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    Ok(())
+}
+
 fn default_identity() -> String {
     let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "kruise-manager".into());
     format!("{host}-{}", std::process::id())
@@ -59,6 +87,9 @@ fn default_identity() -> String {
 async fn main() -> anyhow::Result<()> {
     kruise::runtime::logging::init("info");
     let flags = Flags::parse();
+    if let Some(Command::Crds { out }) = &flags.command {
+        return write_crds(out.as_deref());
+    }
     let space = ShardSpace::new(flags.shards)?;
     let timings = LeaseTimings {
         lease_duration: flags.leader_election_lease_duration,
