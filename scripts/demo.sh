@@ -44,6 +44,10 @@ target/debug/kruise-dev up --nodes "$NODES" >/dev/null
 eval "$(target/debug/kruise-dev env)"
 kubectl get nodes
 kubectl create namespace kruise-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+echo "==> kruise CRDs" >&2
+kubectl apply --server-side --field-manager=kruise-demo -f deploy/helm/kruise/crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s -f deploy/helm/kruise/crds/ >/dev/null
+kubectl get crd -o custom-columns=CRD:.metadata.name,SCOPE:.spec.scope | grep -E "CRD|kruise.io"
 
 echo "==> kruise-manager x$REPLICAS and kruise-daemon (simulated)" >&2
 start() {  # name, then the command

@@ -1,6 +1,8 @@
 //! The `apps.kruise.io/v1alpha1` API: one file per kind, shared schema helpers, and the CRD
 //! manifests generated from the types.
 
+pub mod nodepodprobe;
+pub mod podprobemarker;
 pub mod schema;
 pub mod sidecarset;
 
@@ -12,7 +14,17 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD kruise-rs serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [sidecarset::SidecarSet::crd()].into_iter().map(schema::without_nullable).collect()
+    [sidecarset::SidecarSet::crd(), podprobemarker::PodProbeMarker::crd(), nodepodprobe::NodePodProbe::crd()]
+        .into_iter()
+        .map(schema::without_nullable)
+        .map(with_list_kind)
+        .collect()
+}
+
+/// `<Kind>List`, which upstream's CRDs declare and kubectl shows for lists.
+fn with_list_kind(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    crd.spec.names.list_kind = Some(format!("{}List", crd.spec.names.kind));
+    crd
 }
 
 /// The file name a CRD is written to: `<group>_<plural>.yaml`, as upstream names them.

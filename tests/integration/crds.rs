@@ -78,12 +78,17 @@ async fn every_example_applies_and_reads_back_unchanged() {
     }
 }
 
-fn logtail() -> Value {
+/// The first document of the example file `file`.
+fn example(file: &str) -> Value {
     examples()
         .into_iter()
-        .find(|(s, _)| s.starts_with("sidecarset-logtail.yaml"))
+        .find(|(s, _)| s.starts_with(&format!("{file}#")))
         .map(|(_, v)| v)
-        .expect("the logtail example")
+        .unwrap_or_else(|| panic!("no example {file}"))
+}
+
+fn logtail() -> Value {
+    example("sidecarset-logtail.yaml")
 }
 
 /// Creating `obj` must fail with 422 and a message containing each of `expected`.
@@ -124,6 +129,22 @@ async fn malformed_objects_are_refused_by_the_schema() {
     let mut not_a_list = logtail();
     not_a_list["spec"]["volumes"] = json!({ "name": "x" });
     assert_rejected(&tc.client, not_a_list, "volumes", &["spec.volumes", "array"]).await;
+
+    let mut no_container = example("podprobemarker-game-server.yaml");
+    no_container["spec"]["probes"][0].as_object_mut().expect("probe").remove("containerName");
+    assert_rejected(&tc.client, no_container, "no-container", &["spec.probes[0].containerName", "Required value"])
+        .await;
+
+    let mut bad_state = example("podprobemarker-game-server.yaml");
+    bad_state["spec"]["probes"][0]["markerPolicy"][0]["state"] = json!("Maybe");
+    assert_rejected(&tc.client, bad_state, "bad-state", &["markerPolicy[0].state", "Unsupported value"]).await;
+
+    // podProbes is a list-map keyed by namespace/name/uid, so manager shards can each own their
+    // pods' entries through server-side apply; the same pod twice is refused.
+    let mut twice = example("nodepodprobe.yaml");
+    let entry = twice["spec"]["podProbes"][0].clone();
+    twice["spec"]["podProbes"] = json!([entry.clone(), entry]);
+    assert_rejected(&tc.client, twice, "twice", &["spec.podProbes[1]", "Duplicate value"]).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,82 @@
+//! NodePodProbe (cluster-scoped, named after its node): the probes kruise-daemon runs on one node
+//! (spec, written by the manager) and their results (status, written by the daemon). Upstream v1.3
+//! layout, with one addition: the lists are `x-kubernetes-list-type: map`, so manager shards can
+//! each own their pods' entries through server-side apply without overwriting each other.
+
+use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use super::podprobemarker::ProbeState;
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "apps.kruise.io",
+    version = "v1alpha1",
+    kind = "NodePodProbe",
+    plural = "nodepodprobes",
+    status = "NodePodProbeStatus",
+    doc = "NodePodProbe lists the probes kruise-daemon runs on one node and records their results."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePodProbeSpec {
+    /// One entry per pod on the node with probes to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["namespace", "name", "uid"]))]
+    pub pod_probes: Option<Vec<PodProbe>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodProbe {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub probes: Option<Vec<ContainerProbe>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerProbe {
+    /// `<marker name>#<probe name>`.
+    pub name: String,
+    pub container_name: String,
+    pub probe: Probe,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePodProbeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["namespace", "name", "uid"]))]
+    pub pod_probe_statuses: Option<Vec<PodProbeStatus>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodProbeStatus {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub probe_states: Option<Vec<ContainerProbeState>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerProbeState {
+    /// `<marker name>#<probe name>`, as in the spec.
+    pub name: String,
+    pub state: ProbeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
