@@ -1,6 +1,9 @@
 //! The `apps.kruise.io/v1alpha1` API: one file per kind, shared schema helpers, and the CRD
 //! manifests generated from the types.
 
+pub mod common;
+pub mod imagepulljob;
+pub mod nodeimage;
 pub mod nodepodprobe;
 pub mod podprobemarker;
 pub mod schema;
@@ -14,11 +17,17 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD kruise-rs serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [sidecarset::SidecarSet::crd(), podprobemarker::PodProbeMarker::crd(), nodepodprobe::NodePodProbe::crd()]
-        .into_iter()
-        .map(schema::without_nullable)
-        .map(with_list_kind)
-        .collect()
+    [
+        sidecarset::SidecarSet::crd(),
+        podprobemarker::PodProbeMarker::crd(),
+        nodepodprobe::NodePodProbe::crd(),
+        imagepulljob::ImagePullJob::crd(),
+        nodeimage::NodeImage::crd(),
+    ]
+    .into_iter()
+    .map(schema::upstream_conventions)
+    .map(with_list_kind)
+    .collect()
 }
 
 /// `<Kind>List`, which upstream's CRDs declare and kubectl shows for lists.
@@ -67,11 +76,12 @@ mod tests {
     }
 
     #[test]
-    fn optional_fields_are_not_nullable() {
+    fn schemas_have_no_nullable_fields_and_no_defaults() {
         for crd in crds() {
             let text = crd_yaml(&crd).unwrap();
             assert!(!text.contains("nullable"), "{}: nullable left in the schema", crd.spec.names.kind);
             assert!(!text.contains("- null"), "{}: null left among enum values", crd.spec.names.kind);
+            assert!(!text.contains("default:"), "{}: a default left in the schema", crd.spec.names.kind);
         }
     }
 }

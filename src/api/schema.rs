@@ -32,36 +32,39 @@ pub fn extended_object<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema
     schema
 }
 
-/// Optional fields as upstream declares them: not `nullable`. The generator marks every `Option`
-/// nullable (and lists `null` among enum values); upstream's API server instead drops a `null`
-/// sent for an optional field, and so must ours for the same YAML to mean the same thing.
-pub fn without_nullable(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+/// Brings the generated schema to upstream's conventions, so the same YAML means the same thing:
+/// - optional fields are not `nullable` (the generator marks every `Option` nullable and lists
+///   `null` among enum values); the API server then drops a `null` sent for one, as upstream's does;
+/// - no `default`s (the generator emits one for `#[serde(default)]` fields): upstream defaults in
+///   its webhook, never in the schema.
+pub fn upstream_conventions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
-            strip_nullable(schema);
+            strip_nullable_and_defaults(schema);
         }
     }
     crd
 }
 
-fn strip_nullable(p: &mut JSONSchemaProps) {
+fn strip_nullable_and_defaults(p: &mut JSONSchemaProps) {
     p.nullable = None;
+    p.default = None;
     if let Some(values) = p.enum_.as_mut() {
         values.retain(|v| !v.0.is_null());
     }
     for child in p.properties.iter_mut().flat_map(|m| m.values_mut()) {
-        strip_nullable(child);
+        strip_nullable_and_defaults(child);
     }
     if let Some(items) = p.items.as_mut() {
         match items {
-            JSONSchemaPropsOrArray::Schema(s) => strip_nullable(s),
-            JSONSchemaPropsOrArray::Schemas(v) => v.iter_mut().for_each(strip_nullable),
+            JSONSchemaPropsOrArray::Schema(s) => strip_nullable_and_defaults(s),
+            JSONSchemaPropsOrArray::Schemas(v) => v.iter_mut().for_each(strip_nullable_and_defaults),
         }
     }
     if let Some(JSONSchemaPropsOrBool::Schema(s)) = p.additional_properties.as_mut() {
-        strip_nullable(s);
+        strip_nullable_and_defaults(s);
     }
     for group in [&mut p.all_of, &mut p.any_of, &mut p.one_of] {
-        group.iter_mut().flatten().for_each(strip_nullable);
+        group.iter_mut().flatten().for_each(strip_nullable_and_defaults);
     }
 }

@@ -145,21 +145,58 @@ async fn malformed_objects_are_refused_by_the_schema() {
     let entry = twice["spec"]["podProbes"][0].clone();
     twice["spec"]["podProbes"] = json!([entry.clone(), entry]);
     assert_rejected(&tc.client, twice, "twice", &["spec.podProbes[1]", "Duplicate value"]).await;
+
+    let mut no_policy = example("imagepulljob.yaml");
+    no_policy["spec"].as_object_mut().expect("spec").remove("completionPolicy");
+    assert_rejected(&tc.client, no_policy, "no-policy", &["spec.completionPolicy", "Required value"]).await;
+
+    let mut bad_policy = example("imagepulljob.yaml");
+    bad_policy["spec"]["completionPolicy"]["type"] = json!("Sometimes");
+    assert_rejected(&tc.client, bad_policy, "bad-policy", &["spec.completionPolicy.type", "Unsupported value"]).await;
+
+    let mut tag_twice = example("nodeimage.yaml");
+    let image = tag_twice["spec"]["images"].as_object_mut().expect("images").values_mut().next().expect("an image");
+    let tag = image["tags"][0].clone();
+    image["tags"] = json!([tag.clone(), tag]);
+    assert_rejected(&tc.client, tag_twice, "tag-twice", &["tags[1]", "Duplicate value"]).await;
 }
+
+/// `kubectl get` headers upstream's CRDs give each kind.
+const EXPECTED_COLUMNS: &[(&str, &[&str])] = &[
+    ("SidecarSet", &["NAME", "MATCHED", "UPDATED", "READY", "AGE"]),
+    ("PodProbeMarker", &["NAME", "AGE"]),
+    ("NodePodProbe", &["NAME", "AGE"]),
+    ("ImagePullJob", &["NAME", "TOTAL", "ACTIVE", "SUCCEED", "FAILED", "AGE", "MESSAGE"]),
+    ("NodeImage", &["NAME", "DESIRED", "PULLING", "SUCCEED", "FAILED", "AGE"]),
+];
 
 #[tokio::test]
 async fn kubectl_get_prints_upstreams_columns() {
     let tc = test_cluster().await;
     install_crds(&tc.client).await;
-    let (sent, _) = create(&tc.client, logtail(), "columns").await.expect("create");
     let kubectl = crate::support::cluster::ensure_binaries().expect("binaries").join("kubectl");
-    let out = std::process::Command::new(kubectl)
-        .arg(format!("--kubeconfig={}", tc.cp.admin_kubeconfig().display()))
-        .args(["get", "sidecarsets", sent["metadata"]["name"].as_str().expect("name")])
-        .output()
-        .expect("run kubectl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
-    let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "MATCHED", "UPDATED", "READY", "AGE"], "{stdout}");
+    for crd in kruise::api::crds() {
+        let kind = crd.spec.names.kind.as_str();
+        let expected = EXPECTED_COLUMNS.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c);
+        let expected = expected.unwrap_or_else(|| panic!("no expected columns for {kind}"));
+        let (file, obj) = examples()
+            .into_iter()
+            .find(|(_, v)| v["kind"] == kind)
+            .unwrap_or_else(|| panic!("no example of kind {kind}"));
+        let (sent, _) = create(&tc.client, obj, "columns").await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut cmd = std::process::Command::new(&kubectl);
+        cmd.arg(format!("--kubeconfig={}", tc.cp.admin_kubeconfig().display())).args([
+            "get",
+            crd.spec.names.plural.as_str(),
+            sent["metadata"]["name"].as_str().expect("name"),
+        ]);
+        if let Some(ns) = sent["metadata"]["namespace"].as_str() {
+            cmd.args(["-n", ns]);
+        }
+        let out = cmd.output().expect("run kubectl");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "kubectl get {kind}: {}", String::from_utf8_lossy(&out.stderr));
+        let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, expected, "{kind}: {stdout}");
+    }
 }
