@@ -38,33 +38,39 @@ pub fn extended_object<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema
 /// - no `default`s (the generator emits one for `#[serde(default)]` fields): upstream defaults in
 ///   its webhook, never in the schema.
 pub fn upstream_conventions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
-            strip_nullable_and_defaults(schema);
+    for_each_schema_node(&mut crd, &mut |p| {
+        p.nullable = None;
+        p.default = None;
+        if let Some(values) = p.enum_.as_mut() {
+            values.retain(|v| !v.0.is_null());
         }
-    }
+    });
     crd
 }
 
-fn strip_nullable_and_defaults(p: &mut JSONSchemaProps) {
-    p.nullable = None;
-    p.default = None;
-    if let Some(values) = p.enum_.as_mut() {
-        values.retain(|v| !v.0.is_null());
-    }
-    for child in p.properties.iter_mut().flat_map(|m| m.values_mut()) {
-        strip_nullable_and_defaults(child);
-    }
-    if let Some(items) = p.items.as_mut() {
-        match items {
-            JSONSchemaPropsOrArray::Schema(s) => strip_nullable_and_defaults(s),
-            JSONSchemaPropsOrArray::Schemas(v) => v.iter_mut().for_each(strip_nullable_and_defaults),
+/// Calls `f` on every node of every version's schema, parents before children.
+pub fn for_each_schema_node(crd: &mut CustomResourceDefinition, f: &mut impl FnMut(&mut JSONSchemaProps)) {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            walk(schema, f);
         }
     }
+}
+
+fn walk(p: &mut JSONSchemaProps, f: &mut impl FnMut(&mut JSONSchemaProps)) {
+    f(p);
+    for child in p.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        walk(child, f);
+    }
+    match p.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => walk(s, f),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(|s| walk(s, f)),
+        None => {}
+    }
     if let Some(JSONSchemaPropsOrBool::Schema(s)) = p.additional_properties.as_mut() {
-        strip_nullable_and_defaults(s);
+        walk(s, f);
     }
     for group in [&mut p.all_of, &mut p.any_of, &mut p.one_of] {
-        group.iter_mut().flatten().for_each(strip_nullable_and_defaults);
+        group.iter_mut().flatten().for_each(|s| walk(s, f));
     }
 }

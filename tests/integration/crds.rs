@@ -159,15 +159,35 @@ async fn malformed_objects_are_refused_by_the_schema() {
     let tag = image["tags"][0].clone();
     image["tags"] = json!([tag.clone(), tag]);
     assert_rejected(&tc.client, tag_twice, "tag-twice", &["tags[1]", "Duplicate value"]).await;
+
+    let mut no_template = example("broadcastjob.yaml");
+    no_template["spec"].as_object_mut().expect("spec").remove("template");
+    assert_rejected(&tc.client, no_template, "no-template", &["spec.template", "Required value"]).await;
+
+    let mut bad_failure = example("broadcastjob.yaml");
+    bad_failure["spec"]["failurePolicy"]["type"] = json!("Retry");
+    assert_rejected(&tc.client, bad_failure, "bad-failure", &["spec.failurePolicy.type", "Unsupported value"]).await;
+
+    let mut bad_concurrency = example("advancedcronjob.yaml");
+    bad_concurrency["spec"]["concurrencyPolicy"] = json!("Sometimes");
+    assert_rejected(&tc.client, bad_concurrency, "bad-concurrency", &["spec.concurrencyPolicy", "Unsupported value"])
+        .await;
+
+    let mut negative = example("advancedcronjob.yaml");
+    negative["spec"]["startingDeadlineSeconds"] = json!(-1);
+    assert_rejected(&tc.client, negative, "negative", &["spec.startingDeadlineSeconds", "greater than or equal to 0"])
+        .await;
 }
 
-/// `kubectl get` headers upstream's CRDs give each kind.
-const EXPECTED_COLUMNS: &[(&str, &[&str])] = &[
-    ("SidecarSet", &["NAME", "MATCHED", "UPDATED", "READY", "AGE"]),
-    ("PodProbeMarker", &["NAME", "AGE"]),
-    ("NodePodProbe", &["NAME", "AGE"]),
-    ("ImagePullJob", &["NAME", "TOTAL", "ACTIVE", "SUCCEED", "FAILED", "AGE", "MESSAGE"]),
-    ("NodeImage", &["NAME", "DESIRED", "PULLING", "SUCCEED", "FAILED", "AGE"]),
+/// Upstream's short name (if any) and `kubectl get` header for each kind.
+const EXPECTED_NAMES_AND_COLUMNS: &[(&str, Option<&str>, &[&str])] = &[
+    ("SidecarSet", None, &["NAME", "MATCHED", "UPDATED", "READY", "AGE"]),
+    ("PodProbeMarker", None, &["NAME", "AGE"]),
+    ("NodePodProbe", None, &["NAME", "AGE"]),
+    ("ImagePullJob", None, &["NAME", "TOTAL", "ACTIVE", "SUCCEED", "FAILED", "AGE", "MESSAGE"]),
+    ("NodeImage", None, &["NAME", "DESIRED", "PULLING", "SUCCEED", "FAILED", "AGE"]),
+    ("BroadcastJob", Some("bcj"), &["NAME", "DESIRED", "ACTIVE", "SUCCEEDED", "FAILED", "AGE"]),
+    ("AdvancedCronJob", Some("acj"), &["NAME", "SCHEDULE", "TYPE", "LASTSCHEDULETIME", "AGE"]),
 ];
 
 #[tokio::test]
@@ -177,8 +197,14 @@ async fn kubectl_get_prints_upstreams_columns() {
     let kubectl = crate::support::cluster::ensure_binaries().expect("binaries").join("kubectl");
     for crd in kruise::api::crds() {
         let kind = crd.spec.names.kind.as_str();
-        let expected = EXPECTED_COLUMNS.iter().find(|(k, _)| *k == kind).map(|(_, c)| *c);
-        let expected = expected.unwrap_or_else(|| panic!("no expected columns for {kind}"));
+        let (_, short, expected) = EXPECTED_NAMES_AND_COLUMNS
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .unwrap_or_else(|| panic!("no expected columns for {kind}"));
+        let shorts = crd.spec.names.short_names.clone().unwrap_or_default();
+        assert_eq!(shorts, short.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{kind} short names");
+        // Through the short name where there is one, so kubectl's discovery of it is tested too.
+        let resource = short.unwrap_or(crd.spec.names.plural.as_str());
         let (file, obj) = examples()
             .into_iter()
             .find(|(_, v)| v["kind"] == kind)
@@ -187,7 +213,7 @@ async fn kubectl_get_prints_upstreams_columns() {
         let mut cmd = std::process::Command::new(&kubectl);
         cmd.arg(format!("--kubeconfig={}", tc.cp.admin_kubeconfig().display())).args([
             "get",
-            crd.spec.names.plural.as_str(),
+            resource,
             sent["metadata"]["name"].as_str().expect("name"),
         ]);
         if let Some(ns) = sent["metadata"]["namespace"].as_str() {
@@ -197,6 +223,6 @@ async fn kubectl_get_prints_upstreams_columns() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "kubectl get {kind}: {}", String::from_utf8_lossy(&out.stderr));
         let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(header, expected, "{kind}: {stdout}");
+        assert_eq!(header, *expected, "{kind}: {stdout}");
     }
 }
