@@ -1,5 +1,8 @@
 //! Types several kinds share.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,4 +26,68 @@ pub struct CompletionPolicy {
 pub enum CompletionPolicyType {
     Always,
     Never,
+}
+
+/// One label of a scatter strategy: upgrades are spread over the pods carrying it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct UpdateScatterTerm {
+    pub key: String,
+    pub value: String,
+}
+
+/// Hooks a workload's pods pass through before deletion and around in-place updates.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_delete: Option<LifecycleHook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place_update: Option<LifecycleHook>,
+}
+
+/// A hook holds a pod in its preparing state while any of its labels or finalizers remain.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleHook {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_handler: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalizers_handler: Option<Vec<String>>,
+    /// Mark the pod NotReady while it is preparing (delete or update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark_pod_not_ready: Option<bool>,
+}
+
+/// The order pods are updated in: by label values, or by weighted selectors (not both).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePriorityStrategy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_priority: Option<Vec<UpdatePriorityOrderTerm>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_priority: Option<Vec<UpdatePriorityWeightTerm>>,
+}
+
+/// Pods with a larger integer value of this label update first.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePriorityOrderTerm {
+    pub ordered_key: String,
+}
+
+/// Pods matching the selector get this weight (0-100); heavier update first.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePriorityWeightTerm {
+    pub weight: i32,
+    pub match_selector: LabelSelector,
+}
+
+/// In-place update options.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlaceUpdateStrategy {
+    /// Seconds a pod stays NotReady before its containers are updated in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<i32>,
 }

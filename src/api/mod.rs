@@ -3,6 +3,7 @@
 
 pub mod advancedcronjob;
 pub mod broadcastjob;
+pub mod cloneset;
 pub mod common;
 pub mod imagepulljob;
 pub mod nodeimage;
@@ -27,6 +28,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         nodeimage::NodeImage::crd(),
         broadcastjob::BroadcastJob::crd(),
         advancedcronjob::AdvancedCronJob::crd(),
+        cloneset::CloneSet::crd(),
     ]
     .into_iter()
     .map(schema::upstream_conventions)

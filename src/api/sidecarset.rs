@@ -11,6 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::common::UpdateScatterTerm;
 use super::schema;
 
 /// Label on a ControllerRevision recording the custom version of a SidecarSet revision.
@@ -254,13 +255,6 @@ pub struct SidecarSetUpdateStrategy {
 pub enum SidecarSetUpdateStrategyType {
     NotUpdate,
     RollingUpdate,
-}
-
-/// One label of a scatter strategy.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct UpdateScatterTerm {
-    pub key: String,
-    pub value: String,
 }
 
 /// SidecarSetStatus defines the observed state of SidecarSet.

@@ -173,6 +173,14 @@ async fn malformed_objects_are_refused_by_the_schema() {
     assert_rejected(&tc.client, bad_concurrency, "bad-concurrency", &["spec.concurrencyPolicy", "Unsupported value"])
         .await;
 
+    let mut bad_update = example("cloneset.yaml");
+    bad_update["spec"]["updateStrategy"]["type"] = json!("RollingUpdate");
+    assert_rejected(&tc.client, bad_update, "bad-update", &["spec.updateStrategy.type", "Unsupported value"]).await;
+
+    let mut no_selector = example("cloneset.yaml");
+    no_selector["spec"].as_object_mut().expect("spec").remove("selector");
+    assert_rejected(&tc.client, no_selector, "no-selector", &["spec.selector", "Required value"]).await;
+
     let mut negative = example("advancedcronjob.yaml");
     negative["spec"]["startingDeadlineSeconds"] = json!(-1);
     assert_rejected(&tc.client, negative, "negative", &["spec.startingDeadlineSeconds", "greater than or equal to 0"])
@@ -188,6 +196,7 @@ const EXPECTED_NAMES_AND_COLUMNS: &[(&str, Option<&str>, &[&str])] = &[
     ("NodeImage", None, &["NAME", "DESIRED", "PULLING", "SUCCEED", "FAILED", "AGE"]),
     ("BroadcastJob", Some("bcj"), &["NAME", "DESIRED", "ACTIVE", "SUCCEEDED", "FAILED", "AGE"]),
     ("AdvancedCronJob", Some("acj"), &["NAME", "SCHEDULE", "TYPE", "LASTSCHEDULETIME", "AGE"]),
+    ("CloneSet", Some("clone"), &["NAME", "DESIRED", "UPDATED", "UPDATED_READY", "READY", "TOTAL", "AGE"]),
 ];
 
 #[tokio::test]
@@ -225,4 +234,22 @@ async fn kubectl_get_prints_upstreams_columns() {
         let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
         assert_eq!(header, *expected, "{kind}: {stdout}");
     }
+}
+
+#[tokio::test]
+async fn the_scale_subresource_drives_clonesets() {
+    use kube::api::{Patch, PatchParams};
+    let tc = test_cluster().await;
+    install_crds(&tc.client).await;
+    let (sent, _) = create(&tc.client, example("cloneset.yaml"), "scale").await.expect("create");
+    let name = sent["metadata"]["name"].as_str().expect("name");
+    let (ar, _) = resource_of("CloneSet").expect("CloneSet CRD");
+    let api: Api<DynamicObject> = Api::namespaced_with(tc.client.clone(), "default", &ar);
+    let scale = api.get_scale(name).await.expect("GET scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(10));
+    api.patch_scale(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": { "replicas": 4 } })))
+        .await
+        .expect("PATCH scale");
+    let after = api.get(name).await.expect("get");
+    assert_eq!(after.data["spec"]["replicas"], json!(4), "scale writes spec.replicas");
 }
