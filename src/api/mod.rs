@@ -5,12 +5,14 @@ pub mod advancedcronjob;
 pub mod broadcastjob;
 pub mod cloneset;
 pub mod common;
+pub mod daemonset;
 pub mod imagepulljob;
 pub mod nodeimage;
 pub mod nodepodprobe;
 pub mod podprobemarker;
 pub mod schema;
 pub mod sidecarset;
+pub mod workloadspread;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -29,6 +31,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         broadcastjob::BroadcastJob::crd(),
         advancedcronjob::AdvancedCronJob::crd(),
         cloneset::CloneSet::crd(),
+        daemonset::DaemonSet::crd(),
+        workloadspread::WorkloadSpread::crd(),
     ]
     .into_iter()
     .map(schema::upstream_conventions)

@@ -181,6 +181,19 @@ async fn malformed_objects_are_refused_by_the_schema() {
     no_selector["spec"].as_object_mut().expect("spec").remove("selector");
     assert_rejected(&tc.client, no_selector, "no-selector", &["spec.selector", "Required value"]).await;
 
+    let mut bad_rolling = example("daemonset.yaml");
+    bad_rolling["spec"]["updateStrategy"]["rollingUpdate"]["rollingUpdateType"] = json!("BlueGreen");
+    assert_rejected(&tc.client, bad_rolling, "bad-rolling", &["rollingUpdateType", "Unsupported value"]).await;
+
+    let mut no_target = example("workloadspread.yaml");
+    no_target["spec"]["targetRef"].as_object_mut().expect("targetRef").remove("kind");
+    assert_rejected(&tc.client, no_target, "no-target", &["spec.targetRef.kind", "Required value"]).await;
+
+    let mut bad_schedule = example("workloadspread.yaml");
+    bad_schedule["spec"]["scheduleStrategy"]["type"] = json!("Random");
+    assert_rejected(&tc.client, bad_schedule, "bad-schedule", &["spec.scheduleStrategy.type", "Unsupported value"])
+        .await;
+
     let mut negative = example("advancedcronjob.yaml");
     negative["spec"]["startingDeadlineSeconds"] = json!(-1);
     assert_rejected(&tc.client, negative, "negative", &["spec.startingDeadlineSeconds", "greater than or equal to 0"])
@@ -188,15 +201,17 @@ async fn malformed_objects_are_refused_by_the_schema() {
 }
 
 /// Upstream's short name (if any) and `kubectl get` header for each kind.
-const EXPECTED_NAMES_AND_COLUMNS: &[(&str, Option<&str>, &[&str])] = &[
-    ("SidecarSet", None, &["NAME", "MATCHED", "UPDATED", "READY", "AGE"]),
-    ("PodProbeMarker", None, &["NAME", "AGE"]),
-    ("NodePodProbe", None, &["NAME", "AGE"]),
-    ("ImagePullJob", None, &["NAME", "TOTAL", "ACTIVE", "SUCCEED", "FAILED", "AGE", "MESSAGE"]),
-    ("NodeImage", None, &["NAME", "DESIRED", "PULLING", "SUCCEED", "FAILED", "AGE"]),
-    ("BroadcastJob", Some("bcj"), &["NAME", "DESIRED", "ACTIVE", "SUCCEEDED", "FAILED", "AGE"]),
-    ("AdvancedCronJob", Some("acj"), &["NAME", "SCHEDULE", "TYPE", "LASTSCHEDULETIME", "AGE"]),
-    ("CloneSet", Some("clone"), &["NAME", "DESIRED", "UPDATED", "UPDATED_READY", "READY", "TOTAL", "AGE"]),
+const EXPECTED_NAMES_AND_COLUMNS: &[(&str, &[&str], &[&str])] = &[
+    ("SidecarSet", &[], &["NAME", "MATCHED", "UPDATED", "READY", "AGE"]),
+    ("PodProbeMarker", &[], &["NAME", "AGE"]),
+    ("NodePodProbe", &[], &["NAME", "AGE"]),
+    ("ImagePullJob", &[], &["NAME", "TOTAL", "ACTIVE", "SUCCEED", "FAILED", "AGE", "MESSAGE"]),
+    ("NodeImage", &[], &["NAME", "DESIRED", "PULLING", "SUCCEED", "FAILED", "AGE"]),
+    ("BroadcastJob", &["bcj"], &["NAME", "DESIRED", "ACTIVE", "SUCCEEDED", "FAILED", "AGE"]),
+    ("AdvancedCronJob", &["acj"], &["NAME", "SCHEDULE", "TYPE", "LASTSCHEDULETIME", "AGE"]),
+    ("CloneSet", &["clone"], &["NAME", "DESIRED", "UPDATED", "UPDATED_READY", "READY", "TOTAL", "AGE"]),
+    ("DaemonSet", &["daemon", "ads"], &["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]),
+    ("WorkloadSpread", &["ws"], &["NAME", "WORKLOADNAME", "WORKLOADKIND", "ADAPTIVE", "AGE"]),
 ];
 
 #[tokio::test]
@@ -206,14 +221,14 @@ async fn kubectl_get_prints_upstreams_columns() {
     let kubectl = crate::support::cluster::ensure_binaries().expect("binaries").join("kubectl");
     for crd in kruise::api::crds() {
         let kind = crd.spec.names.kind.as_str();
-        let (_, short, expected) = EXPECTED_NAMES_AND_COLUMNS
+        let (_, shorts, expected) = EXPECTED_NAMES_AND_COLUMNS
             .iter()
             .find(|(k, _, _)| *k == kind)
             .unwrap_or_else(|| panic!("no expected columns for {kind}"));
-        let shorts = crd.spec.names.short_names.clone().unwrap_or_default();
-        assert_eq!(shorts, short.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{kind} short names");
-        // Through the short name where there is one, so kubectl's discovery of it is tested too.
-        let resource = short.unwrap_or(crd.spec.names.plural.as_str());
+        let declared = crd.spec.names.short_names.clone().unwrap_or_default();
+        assert_eq!(declared, *shorts, "{kind} short names");
+        // Through a short name where there is one, so kubectl's discovery of it is tested too.
+        let resource = shorts.last().copied().unwrap_or(crd.spec.names.plural.as_str());
         let (file, obj) = examples()
             .into_iter()
             .find(|(_, v)| v["kind"] == kind)
