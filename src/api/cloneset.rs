@@ -50,7 +50,7 @@ pub struct CloneSetSpec {
     #[schemars(schema_with = "schema::preserved_object")]
     pub template: PodTemplateSpec,
     /// PVCs created per pod (and kept with its instance id).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "without_type_meta")]
     #[schemars(schema_with = "schema::preserved_object_list")]
     pub volume_claim_templates: Option<Vec<PersistentVolumeClaim>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +65,25 @@ pub struct CloneSetSpec {
     pub min_ready_seconds: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
+}
+
+/// k8s-openapi writes `apiVersion` and `kind` into every PersistentVolumeClaim; a template in a
+/// spec carries neither (upstream's Go types omit them), so writing one back must not add them.
+fn without_type_meta<S: serde::Serializer>(
+    templates: &Option<Vec<PersistentVolumeClaim>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    let mut values = Vec::new();
+    for t in templates.iter().flatten() {
+        let mut v = serde_json::to_value(t).map_err(S::Error::custom)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("apiVersion");
+            obj.remove("kind");
+        }
+        values.push(v);
+    }
+    values.serialize(serializer)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

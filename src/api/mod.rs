@@ -6,12 +6,14 @@ pub mod broadcastjob;
 pub mod cloneset;
 pub mod common;
 pub mod daemonset;
+pub mod image;
 pub mod imagepulljob;
 pub mod nodeimage;
 pub mod nodepodprobe;
 pub mod podprobemarker;
 pub mod schema;
 pub mod sidecarset;
+pub mod validation;
 pub mod workloadspread;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -62,7 +64,74 @@ pub const CHART_CRD_DIR: &str = "deploy/helm/kruise/crds";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
     use std::path::Path;
+
+    /// Every YAML document in examples/, with its source.
+    pub(crate) fn example_documents() -> Vec<(String, serde_json::Value)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        let mut docs = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+                let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+                if !v.is_null() {
+                    docs.push((format!("{}#{i}", f.display()), v));
+                }
+            }
+        }
+        docs
+    }
+
+    /// Reads `v` into `K` and writes it back: nothing may be lost or added.
+    fn round_trip<K: DeserializeOwned + Serialize>(source: &str, v: &serde_json::Value) -> K {
+        let typed: K = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{source}: {e}"));
+        let back = serde_json::to_value(&typed).unwrap();
+        assert_eq!(&back, v, "{source}: the Rust types do not round-trip the manifest");
+        typed
+    }
+
+    #[test]
+    fn every_example_reads_into_its_type_and_back_and_passes_validation() {
+        use validation::{imagepulljob as ipj, podprobemarker as ppm, sidecarset as ss};
+        for (source, v) in example_documents() {
+            let kind = v["kind"].as_str().unwrap_or_default().to_string();
+            let errors = match kind.as_str() {
+                "SidecarSet" => {
+                    let mut s: sidecarset::SidecarSet = round_trip(&source, &v);
+                    ss::default_sidecarset(&mut s);
+                    ss::validate_sidecarset(&s, None)
+                }
+                "PodProbeMarker" => ppm::validate_podprobemarker(&round_trip(&source, &v), None),
+                "ImagePullJob" => {
+                    let mut j: imagepulljob::ImagePullJob = round_trip(&source, &v);
+                    ipj::default_imagepulljob(&mut j);
+                    ipj::validate_imagepulljob(&j)
+                }
+                "NodePodProbe" => empty(round_trip::<nodepodprobe::NodePodProbe>(&source, &v)),
+                "NodeImage" => empty(round_trip::<nodeimage::NodeImage>(&source, &v)),
+                "BroadcastJob" => empty(round_trip::<broadcastjob::BroadcastJob>(&source, &v)),
+                "AdvancedCronJob" => empty(round_trip::<advancedcronjob::AdvancedCronJob>(&source, &v)),
+                "CloneSet" => empty(round_trip::<cloneset::CloneSet>(&source, &v)),
+                "DaemonSet" => empty(round_trip::<daemonset::DaemonSet>(&source, &v)),
+                "WorkloadSpread" => empty(round_trip::<workloadspread::WorkloadSpread>(&source, &v)),
+                other => panic!("{source}: no type for kind {other}"),
+            };
+            assert!(errors.is_empty(), "{source}: {}", validation::join(&errors));
+        }
+    }
+
+    /// For kinds whose validation is not written yet: only the round trip is checked.
+    fn empty<K>(_: K) -> validation::ErrorList {
+        Vec::new()
+    }
 
     #[test]
     fn checked_in_crds_match_the_types() {
