@@ -12,6 +12,7 @@ pub mod nodeimage;
 pub mod nodepodprobe;
 pub mod podprobemarker;
 pub mod schema;
+pub mod selector;
 pub mod sidecarset;
 pub mod validation;
 pub mod workloadspread;
@@ -100,7 +101,9 @@ mod tests {
 
     #[test]
     fn every_example_reads_into_its_type_and_back_and_passes_validation() {
-        use validation::{imagepulljob as ipj, podprobemarker as ppm, sidecarset as ss};
+        use validation::{
+            cloneset as cs, daemonset as ds, imagepulljob as ipj, podprobemarker as ppm, sidecarset as ss,
+        };
         for (source, v) in example_documents() {
             let kind = v["kind"].as_str().unwrap_or_default().to_string();
             let errors = match kind.as_str() {
@@ -119,8 +122,16 @@ mod tests {
                 "NodeImage" => empty(round_trip::<nodeimage::NodeImage>(&source, &v)),
                 "BroadcastJob" => empty(round_trip::<broadcastjob::BroadcastJob>(&source, &v)),
                 "AdvancedCronJob" => empty(round_trip::<advancedcronjob::AdvancedCronJob>(&source, &v)),
-                "CloneSet" => empty(round_trip::<cloneset::CloneSet>(&source, &v)),
-                "DaemonSet" => empty(round_trip::<daemonset::DaemonSet>(&source, &v)),
+                "CloneSet" => {
+                    let mut c: cloneset::CloneSet = round_trip(&source, &v);
+                    cs::default_cloneset(&mut c);
+                    cs::validate_cloneset(&c, None)
+                }
+                "DaemonSet" => {
+                    let mut d: daemonset::DaemonSet = round_trip(&source, &v);
+                    ds::default_daemonset(&mut d);
+                    ds::validate_daemonset(&d)
+                }
                 "WorkloadSpread" => empty(round_trip::<workloadspread::WorkloadSpread>(&source, &v)),
                 other => panic!("{source}: no type for kind {other}"),
             };

@@ -4,6 +4,8 @@
 //! every error found, each with the field path and a reason, so the admission webhook can deny
 //! with the same message the Go implementation would give.
 
+pub mod cloneset;
+pub mod daemonset;
 pub mod imagepulljob;
 pub mod podprobemarker;
 pub mod sidecarset;
@@ -270,6 +272,131 @@ pub fn validate_label_selector(sel: &LabelSelector, path: &FieldPath) -> ErrorLi
         }
     }
     errs
+}
+
+/// The checks every workload with a selector and a pod template shares: the selector is present,
+/// valid, non-empty and matches the template's labels; the template's restartPolicy is Always (or
+/// unset); it has no activeDeadlineSeconds; and its containers have names and images.
+pub fn validate_selector_and_template(
+    selector: &LabelSelector,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    spec: &FieldPath,
+) -> ErrorList {
+    let mut errs = ErrorList::new();
+    let sel_path = spec.child("selector");
+    if selector_is_empty(selector) {
+        errs.push(invalid(&sel_path, "{}", "empty selector is invalid for this workload"));
+    } else {
+        let sel_errs = validate_label_selector(selector, &sel_path);
+        let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+        if sel_errs.is_empty() && !crate::api::selector::matches(selector, &labels) {
+            errs.push(invalid(
+                &spec.child("template").child("metadata").child("labels"),
+                format!("{labels:?}"),
+                "`selector` does not match template `labels`",
+            ));
+        }
+        errs.extend(sel_errs);
+    }
+    let pod = spec.child("template").child("spec");
+    match &template.spec {
+        None => errs.push(required(&pod, "")),
+        Some(ps) => {
+            match ps.restart_policy.as_deref() {
+                None | Some("Always") => {}
+                Some(other) => errs.push(not_supported(&pod.child("restartPolicy"), other, &["Always"])),
+            }
+            if ps.active_deadline_seconds.is_some() {
+                errs.push(forbidden(
+                    &pod.child("activeDeadlineSeconds"),
+                    "activeDeadlineSeconds in this workload is not Supported",
+                ));
+            }
+            errs.extend(validate_pod_containers(ps, &pod));
+        }
+    }
+    errs
+}
+
+/// The part of core/v1 Pod validation that catches most mistakes: at least one container, each
+/// with a valid unique name and an image. (The full Pod validation is the webhook's to port.)
+pub fn validate_pod_containers(ps: &k8s_openapi::api::core::v1::PodSpec, pod: &FieldPath) -> ErrorList {
+    let mut errs = ErrorList::new();
+    if ps.containers.is_empty() {
+        errs.push(required(&pod.child("containers"), ""));
+    }
+    let mut names = std::collections::HashSet::new();
+    let init = ps.init_containers.iter().flatten().enumerate().map(|(i, c)| (pod.child("initContainers").index(i), c));
+    let main = ps.containers.iter().enumerate().map(|(i, c)| (pod.child("containers").index(i), c));
+    for (path, c) in init.chain(main) {
+        if c.name.is_empty() {
+            errs.push(required(&path.child("name"), ""));
+        } else if c.name.len() > 63 || c.name.contains('.') || !is_dns1123_subdomain(&c.name) {
+            errs.push(invalid(&path.child("name"), &c.name, "must be a lowercase RFC 1123 label"));
+        } else if !names.insert(c.name.as_str()) {
+            errs.push(duplicate(&path.child("name"), &c.name));
+        }
+        if c.image.as_deref().unwrap_or_default().trim().is_empty() {
+            errs.push(required(&path.child("image"), ""));
+        }
+    }
+    errs
+}
+
+/// Scatter terms: key required, no key=value pair twice.
+pub fn validate_scatter_strategy(terms: &[crate::api::common::UpdateScatterTerm], path: &FieldPath) -> ErrorList {
+    let mut errs = ErrorList::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in terms.iter().enumerate() {
+        let tp = path.index(i);
+        if t.key.is_empty() {
+            errs.push(required(&tp.child("key"), ""));
+        } else if !seen.insert((t.key.as_str(), t.value.as_str())) {
+            errs.push(duplicate(&tp, &format!("{}={}", t.key, t.value)));
+        }
+    }
+    errs
+}
+
+/// Update priorities: weights or ordered keys, not both; weights 0-100 with a non-empty valid
+/// selector; ordered keys non-empty.
+pub fn validate_update_priority(p: &crate::api::common::UpdatePriorityStrategy, path: &FieldPath) -> ErrorList {
+    let mut errs = ErrorList::new();
+    let weights = p.weight_priority.as_deref().unwrap_or_default();
+    let orders = p.order_priority.as_deref().unwrap_or_default();
+    if !weights.is_empty() && !orders.is_empty() {
+        errs.push(forbidden(path, "only one of weightPriority and orderPriority can be used"));
+    }
+    for (i, w) in weights.iter().enumerate() {
+        let wp = path.child("weightPriority").index(i);
+        if !(0..=100).contains(&w.weight) {
+            errs.push(invalid(&wp.child("weight"), w.weight, "weight must be valid number in the range 1-100"));
+        }
+        if selector_is_empty(&w.match_selector) {
+            errs.push(required(&wp.child("matchSelector"), "selector can not be empty"));
+        } else {
+            errs.extend(validate_label_selector(&w.match_selector, &wp.child("matchSelector")));
+        }
+    }
+    for (i, o) in orders.iter().enumerate() {
+        if o.ordered_key.is_empty() {
+            errs.push(required(
+                &path.child("orderPriority").index(i).child("orderedKey"),
+                "order key can not be empty",
+            ));
+        }
+    }
+    errs
+}
+
+/// Whether `name` is a DNS subdomain, else an error at `metadata.name`.
+pub fn validate_dns_subdomain_name(name: Option<&str>) -> ErrorList {
+    let name = name.unwrap_or_default();
+    if is_dns1123_subdomain(name) {
+        vec![]
+    } else {
+        vec![invalid(&FieldPath::new("metadata").child("name"), name, "must be a lowercase RFC 1123 subdomain")]
+    }
 }
 
 /// Whether a selector selects nothing in particular (no labels, no expressions).

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use super::{
     ErrorList, FieldPath, duplicate, forbidden, invalid, required, selector_is_empty, validate_annotation_keys,
-    validate_label_selector, validate_non_negative_int_or_percent,
+    validate_label_selector, validate_non_negative_int_or_percent, validate_scatter_strategy,
 };
 use crate::api::sidecarset::{
     PodInjectPolicy, ShareVolumePolicy, ShareVolumePolicyType, SidecarContainer, SidecarContainerUpgradeStrategy,
@@ -136,15 +136,10 @@ pub fn validate_sidecarset(set: &SidecarSet, old: Option<&SidecarSet>) -> ErrorL
         if let Some(m) = &strategy.max_unavailable {
             errs.extend(validate_non_negative_int_or_percent(m, &path.child("maxUnavailable")));
         }
-        let mut terms = HashSet::new();
-        for (i, t) in strategy.scatter_strategy.iter().flatten().enumerate() {
-            let tp = path.child("scatterStrategy").index(i);
-            if t.key.is_empty() {
-                errs.push(required(&tp.child("key"), ""));
-            } else if !terms.insert((t.key.as_str(), t.value.as_str())) {
-                errs.push(duplicate(&tp, &format!("{}={}", t.key, t.value)));
-            }
-        }
+        errs.extend(validate_scatter_strategy(
+            strategy.scatter_strategy.as_deref().unwrap_or_default(),
+            &path.child("scatterStrategy"),
+        ));
     }
 
     let init = s.init_containers.as_deref().unwrap_or_default();
