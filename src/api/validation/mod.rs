@@ -4,11 +4,15 @@
 //! every error found, each with the field path and a reason, so the admission webhook can deny
 //! with the same message the Go implementation would give.
 
+pub mod advancedcronjob;
+pub mod broadcastjob;
 pub mod cloneset;
 pub mod daemonset;
 pub mod imagepulljob;
+pub mod nodeimage;
 pub mod podprobemarker;
 pub mod sidecarset;
+pub mod workloadspread;
 
 use std::fmt;
 
@@ -56,6 +60,7 @@ pub enum ErrorType {
     Duplicate,
     Forbidden,
     TooLong,
+    TooMany,
 }
 
 impl ErrorType {
@@ -67,6 +72,7 @@ impl ErrorType {
             ErrorType::Duplicate => "Duplicate value",
             ErrorType::Forbidden => "Forbidden",
             ErrorType::TooLong => "Too long",
+            ErrorType::TooMany => "Too many",
         }
     }
 }
@@ -138,6 +144,16 @@ pub fn duplicate(path: &FieldPath, value: &str) -> FieldError {
 
 pub fn forbidden(path: &FieldPath, detail: &str) -> FieldError {
     FieldError { type_: ErrorType::Forbidden, field: path.to_string(), bad_value: None, detail: detail.into() }
+}
+
+/// More entries than allowed.
+pub fn too_many(path: &FieldPath, max: usize) -> FieldError {
+    FieldError {
+        type_: ErrorType::TooMany,
+        field: path.to_string(),
+        bad_value: None,
+        detail: format!("must have at most {max} items"),
+    }
 }
 
 pub fn too_long(path: &FieldPath, max: usize) -> FieldError {
