@@ -1,5 +1,5 @@
-//! CloneSet defaulting and validation (upstream v1.3 webhook rules that need only the object and
-//! its old version; the `podsToDelete` ownership check needs the pods and is the webhook's).
+//! CloneSet defaulting and validation (upstream v1.3 webhook rules), with the `podsToDelete`
+//! checks that need the namespace's pods taking them as input.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -125,6 +125,47 @@ fn without_images(t: &k8s_openapi::api::core::v1::PodTemplateSpec) -> k8s_openap
         }
     }
     t
+}
+
+/// Names newly added to `scaleStrategy.podsToDelete` must be pods of this CloneSet that exist and
+/// are not already terminating. `pods` are the pods of the CloneSet's namespace (or at least
+/// those named).
+pub fn validate_pods_to_delete(
+    new: &CloneSet,
+    old: Option<&CloneSet>,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> ErrorList {
+    let path = FieldPath::new("spec").child("scaleStrategy").child("podsToDelete");
+    let before: Vec<&String> = old
+        .and_then(|o| o.spec.scale_strategy.as_ref())
+        .and_then(|s| s.pods_to_delete.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
+    let uid = new.metadata.uid.as_deref();
+    let mut errs = ErrorList::new();
+    for (i, name) in new.spec.scale_strategy.iter().flat_map(|s| s.pods_to_delete.iter().flatten()).enumerate() {
+        if before.contains(&name) {
+            continue;
+        }
+        let pod = pods.iter().find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
+        let reason = match pod {
+            None => Some("pod not found"),
+            Some(p) if p.metadata.deletion_timestamp.is_some() => Some("pod is already terminating"),
+            Some(p) => {
+                let owner = p.metadata.owner_references.iter().flatten().find(|r| r.controller == Some(true));
+                if owner.is_some_and(|r| Some(r.uid.as_str()) == uid) {
+                    None
+                } else {
+                    Some("pod is not owned by this CloneSet")
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            errs.push(invalid(&path.index(i), name, reason));
+        }
+    }
+    errs
 }
 
 #[cfg(test)]
@@ -267,6 +308,59 @@ mod tests {
         cs.spec.update_strategy =
             Some(strategy(CloneSetUpdateStrategyType::ReCreate, IntOrString::String("x%".into()), IntOrString::Int(1)));
         assert_eq!(fields(&cs, None), ["spec.updateStrategy.maxUnavailable"]);
+    }
+
+    #[test]
+    fn pods_to_delete_must_be_live_pods_of_this_cloneset() {
+        use k8s_openapi::api::core::v1::Pod;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+        let pod = |name: &str, owner_uid: Option<&str>, terminating: bool| Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                owner_references: owner_uid.map(|u| {
+                    vec![OwnerReference {
+                        uid: u.into(),
+                        controller: Some(true),
+                        kind: "CloneSet".into(),
+                        name: "web".into(),
+                        api_version: "apps.kruise.io/v1alpha1".into(),
+                        ..Default::default()
+                    }]
+                }),
+                deletion_timestamp: terminating.then_some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut cs = cloneset();
+        cs.metadata.uid = Some("uid-1".into());
+        let names = ["mine", "foreign", "orphan", "dying", "missing", "kept"];
+        cs.spec.scale_strategy = Some(CloneSetScaleStrategy {
+            pods_to_delete: Some(names.iter().map(|n| n.to_string()).collect()),
+            ..Default::default()
+        });
+        let mut old = cloneset();
+        old.spec.scale_strategy =
+            Some(CloneSetScaleStrategy { pods_to_delete: Some(vec!["kept".into()]), ..Default::default() });
+        let pods = [
+            pod("mine", Some("uid-1"), false),
+            pod("foreign", Some("uid-2"), false),
+            pod("orphan", None, false),
+            pod("dying", Some("uid-1"), true),
+        ];
+        let errs = validate_pods_to_delete(&cs, Some(&old), &pods);
+        let got: Vec<(String, String)> = errs.into_iter().map(|e| (e.field, e.detail)).collect();
+        let at = |i: usize, d: &str| (format!("spec.scaleStrategy.podsToDelete[{i}]"), d.to_string());
+        assert_eq!(
+            got,
+            [
+                at(1, "pod is not owned by this CloneSet"),
+                at(2, "pod is not owned by this CloneSet"),
+                at(3, "pod is already terminating"),
+                at(4, "pod not found"),
+            ],
+            "names already listed before (kept) are not re-checked"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! SidecarSet defaulting and validation: every rule that needs only the object (and the old one
-//! on update). Still to come with the webhook: the patchPodMetadata whitelist (a ConfigMap),
-//! conflicts with other SidecarSets (selector overlap), the revision lookup, and the full core/v1
-//! Pod validation of the synthetic pod (here: container names, images and volume mounts).
+//! SidecarSet defaulting and validation: the rules on the object (and the old one on update), and
+//! the conflicts with the other SidecarSets, given them. Still to come with the webhook: the
+//! patchPodMetadata whitelist (a ConfigMap), the revision lookup (ControllerRevisions), and the
+//! full core/v1 Pod validation of the synthetic pod (here: container names, images and mounts).
 
 use std::collections::HashSet;
 
@@ -275,6 +275,83 @@ fn validate_update(new: &SidecarSet, old: &SidecarSet) -> ErrorList {
     errs
 }
 
+/// Whether two SidecarSets can select the same pod: their namespaces overlap (unless both name
+/// a different one) and their selectors overlap as upstream judges it.
+fn scopes_overlap(a: &SidecarSet, b: &SidecarSet) -> bool {
+    let ns = |s: &SidecarSet| s.spec.namespace.clone().filter(|n| !n.is_empty());
+    let namespaces = match (ns(a), ns(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    };
+    let selectors = match (&a.spec.selector, &b.spec.selector) {
+        (Some(x), Some(y)) => crate::api::selector::overlapping(x, y),
+        _ => false,
+    };
+    namespaces && selectors
+}
+
+/// Conflicts with the other SidecarSets that can select the same pods: the same container or
+/// init container name, the same volume name with another definition, or the same annotation
+/// patched by both where either overwrites. `others` may include `new` itself (skipped by name).
+pub fn validate_sidecarset_conflicts(new: &SidecarSet, others: &[SidecarSet]) -> ErrorList {
+    let spec = FieldPath::new("spec");
+    let mut errs = ErrorList::new();
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    for other in others.iter().filter(|o| o.metadata.name.as_deref() != Some(name)) {
+        if !scopes_overlap(new, other) {
+            continue;
+        }
+        let other_name = other.metadata.name.as_deref().unwrap_or_default();
+        for field in ["containers", "initContainers"] {
+            let pick = |s: &SidecarSet| {
+                if field == "containers" { s.spec.containers.clone() } else { s.spec.init_containers.clone() }
+            };
+            let theirs = pick(other).unwrap_or_default();
+            for (i, c) in pick(new).unwrap_or_default().iter().enumerate() {
+                if theirs.iter().any(|t| t.container.name == c.container.name) {
+                    errs.push(invalid(
+                        &spec.child(field).index(i).child("name"),
+                        &c.container.name,
+                        &format!("container {} already exist in {other_name}", c.container.name),
+                    ));
+                }
+            }
+        }
+        for (i, v) in new.spec.volumes.iter().flatten().enumerate() {
+            if other.spec.volumes.iter().flatten().any(|o| o.name == v.name && o != v) {
+                errs.push(invalid(
+                    &spec.child("volumes").index(i).child("name"),
+                    &v.name,
+                    &format!("volume {} is in conflict with sidecarset {other_name}", v.name),
+                ));
+            }
+        }
+        let patched = |s: &SidecarSet| -> Vec<(String, SidecarSetPatchPolicy)> {
+            s.spec
+                .patch_pod_metadata
+                .iter()
+                .flatten()
+                .filter_map(|p| p.patch_policy.filter(|pol| *pol != SidecarSetPatchPolicy::Retain).map(|pol| (p, pol)))
+                .flat_map(|(p, pol)| p.annotations.iter().flatten().map(move |(k, _)| (k.clone(), pol)))
+                .collect()
+        };
+        let theirs = patched(other);
+        for (key, pol) in patched(new) {
+            let clash = theirs.iter().any(|(k, their_pol)| {
+                *k == key && (pol == SidecarSetPatchPolicy::Overwrite || *their_pol == SidecarSetPatchPolicy::Overwrite)
+            });
+            if clash {
+                errs.push(invalid(
+                    &spec.child("patchPodMetadata"),
+                    &key,
+                    &format!("annotation {key} is in conflict with sidecarset {other_name}"),
+                ));
+            }
+        }
+    }
+    errs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,5 +562,81 @@ mod tests {
         removed.spec.containers = Some(vec![]);
         removed.spec.init_containers = Some(vec![container("init", "busybox:1")]);
         assert!(errors(&removed, Some(&old)).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+    use crate::api::sidecarset::{SidecarContainerFields, SidecarSetPatchPodMetadata, SidecarSetSpec};
+    use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Volume};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use std::collections::BTreeMap;
+
+    fn set(name: &str, app: &str, container: &str) -> SidecarSet {
+        SidecarSet::new(
+            name,
+            SidecarSetSpec {
+                selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("app".into(), app.into())])),
+                    ..Default::default()
+                }),
+                containers: Some(vec![SidecarContainer {
+                    container: Container { name: container.into(), image: Some("x:1".into()), ..Default::default() },
+                    sidecar: SidecarContainerFields::default(),
+                }]),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn messages(new: &SidecarSet, others: &[SidecarSet]) -> Vec<String> {
+        validate_sidecarset_conflicts(new, others).into_iter().map(|e| e.detail).collect()
+    }
+
+    #[test]
+    fn containers_clash_only_where_scopes_overlap() {
+        let new = set("a", "web", "proxy");
+        assert_eq!(messages(&new, &[set("b", "web", "proxy")]), ["container proxy already exist in b"]);
+        assert!(messages(&new, &[set("b", "db", "proxy")]).is_empty(), "disjoint selectors");
+        assert!(messages(&new, std::slice::from_ref(&new)).is_empty(), "itself is skipped");
+        let mut in_ns = new.clone();
+        in_ns.spec.namespace = Some("ns1".into());
+        let mut other = set("b", "web", "proxy");
+        other.spec.namespace = Some("ns2".into());
+        assert!(messages(&in_ns, &[other.clone()]).is_empty(), "different namespaces");
+        other.spec.namespace = None;
+        assert_eq!(messages(&in_ns, &[other]).len(), 1, "one set in every namespace overlaps");
+    }
+
+    #[test]
+    fn volumes_and_annotations() {
+        let vol = |medium: &str| Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource { medium: Some(medium.into()), ..Default::default() }),
+            ..Default::default()
+        };
+        let patch = |pol| {
+            Some(vec![SidecarSetPatchPodMetadata {
+                annotations: Some(BTreeMap::from([("k".into(), "v".into())])),
+                patch_policy: Some(pol),
+            }])
+        };
+        let mut new = set("a", "web", "one");
+        let mut other = set("b", "web", "two");
+        new.spec.volumes = Some(vec![vol("")]);
+        other.spec.volumes = Some(vec![vol("")]);
+        assert!(messages(&new, &[other.clone()]).is_empty(), "the same volume may be shared");
+        other.spec.volumes = Some(vec![vol("Memory")]);
+        assert_eq!(messages(&new, &[other.clone()]), ["volume data is in conflict with sidecarset b"]);
+        other.spec.volumes = None;
+
+        new.spec.patch_pod_metadata = patch(SidecarSetPatchPolicy::MergePatchJson);
+        other.spec.patch_pod_metadata = patch(SidecarSetPatchPolicy::MergePatchJson);
+        assert!(messages(&new, &[other.clone()]).is_empty(), "two merges compose");
+        other.spec.patch_pod_metadata = patch(SidecarSetPatchPolicy::Overwrite);
+        assert_eq!(messages(&new, &[other.clone()]), ["annotation k is in conflict with sidecarset b"]);
+        other.spec.patch_pod_metadata = patch(SidecarSetPatchPolicy::Retain);
+        assert!(messages(&new, &[other]).is_empty(), "Retain never conflicts");
     }
 }

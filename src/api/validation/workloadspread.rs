@@ -1,5 +1,5 @@
-//! WorkloadSpread validation (upstream v1.3 webhook rules that need only the object; the
-//! conflict with another WorkloadSpread on the same target needs the others and is the webhook's).
+//! WorkloadSpread validation (upstream v1.3 webhook rules), and the conflict with another
+//! WorkloadSpread on the same workload, given the others in the namespace.
 
 use std::collections::HashSet;
 
@@ -159,6 +159,31 @@ pub fn validate_workloadspread(ws: &WorkloadSpread, old: Option<&WorkloadSpread>
     errs
 }
 
+/// Another WorkloadSpread in the namespace already spreads the same workload (group, kind and
+/// name; the version does not matter). `others` may include `new` (skipped by name).
+pub fn validate_workloadspread_conflicts(new: &WorkloadSpread, others: &[WorkloadSpread]) -> ErrorList {
+    let t = &new.spec.target_reference;
+    let name = new.metadata.name.as_deref();
+    others
+        .iter()
+        .filter(|o| o.metadata.name.as_deref() != name)
+        .filter(|o| {
+            let ot = &o.spec.target_reference;
+            group_of(&ot.api_version) == group_of(&t.api_version) && ot.kind == t.kind && ot.name == t.name
+        })
+        .map(|o| {
+            invalid(
+                &FieldPath::new("spec").child("targetRef"),
+                &t.name,
+                &format!(
+                    "this workload is already spread by WorkloadSpread {}",
+                    o.metadata.name.as_deref().unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +254,18 @@ mod tests {
         w.spec.target_reference =
             TargetReference { api_version: "apps/v1".into(), kind: "StatefulSet".into(), name: "db".into() };
         assert_eq!(fields(&w, None), ["spec.subsets[0].maxReplicas"]);
+    }
+
+    #[test]
+    fn one_spread_per_workload() {
+        let new = ws(vec![subset("a", None)]);
+        let mut other = ws(vec![subset("a", None)]);
+        other.metadata.name = Some("other".into());
+        other.spec.target_reference.api_version = "apps.kruise.io/v1beta1".into();
+        assert_eq!(validate_workloadspread_conflicts(&new, &[other.clone()]).len(), 1);
+        other.spec.target_reference.name = "api".into();
+        assert!(validate_workloadspread_conflicts(&new, &[other]).is_empty());
+        assert!(validate_workloadspread_conflicts(&new, std::slice::from_ref(&new)).is_empty(), "itself is skipped");
     }
 
     #[test]
