@@ -1,7 +1,7 @@
-//! SidecarSet defaulting and validation: the rules on the object (and the old one on update), and
-//! the conflicts with the other SidecarSets, given them. Still to come with the webhook: the
-//! patchPodMetadata whitelist (a ConfigMap), the revision lookup (ControllerRevisions), and the
-//! full core/v1 Pod validation of the synthetic pod (here: container names, images and mounts).
+//! SidecarSet defaulting and validation: the rules on the object (and the old one on update), the
+//! conflicts with the other SidecarSets and the patchPodMetadata whitelist, given them. Still to
+//! come with the webhook: the revision lookup (ControllerRevisions), and the full core/v1 Pod
+//! validation of the synthetic pod (here: container names, images and volume mounts).
 
 use std::collections::HashSet;
 
@@ -352,6 +352,82 @@ pub fn validate_sidecarset_conflicts(new: &SidecarSet, others: &[SidecarSet]) ->
     errs
 }
 
+/// Where the whitelist lives: ConfigMap `kruise-configuration` in the Kruise namespace, this key.
+pub const PATCH_POD_METADATA_WHITELIST_KEY: &str = "SidecarSet_PatchPodMetadata_WhiteList";
+
+#[derive(serde::Deserialize)]
+struct Whitelist {
+    #[serde(default)]
+    rules: Vec<WhitelistRule>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WhitelistRule {
+    selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    #[serde(default)]
+    allowed_annotation_key_exprs: Vec<String>,
+}
+
+/// The annotation keys a SidecarSet patches must each match a regex of a whitelist rule that
+/// applies to it (no selector, or a selector matching the set's labels). `whitelist` is the
+/// ConfigMap value, if present; with `defaults_allowed` (gate
+/// `SidecarSetPatchPodMetadataDefaultsAllowed`) a missing whitelist or rule allows any key.
+pub fn validate_patch_pod_metadata_whitelist(
+    set: &SidecarSet,
+    whitelist: Option<&str>,
+    defaults_allowed: bool,
+) -> ErrorList {
+    let path = FieldPath::new("spec").child("patchPodMetadata");
+    let keys: Vec<&String> = set
+        .spec
+        .patch_pod_metadata
+        .iter()
+        .flatten()
+        .flat_map(|p| p.annotations.iter().flatten().map(|(k, _)| k))
+        .collect();
+    if keys.is_empty() {
+        return vec![];
+    }
+    let Some(text) = whitelist else {
+        return if defaults_allowed {
+            vec![]
+        } else {
+            vec![forbidden(&path, "SidecarSet patch pod metadata whitelist not found")]
+        };
+    };
+    let parsed: Whitelist = match serde_json::from_str(text) {
+        Ok(w) => w,
+        Err(e) => {
+            return vec![invalid(&path, PATCH_POD_METADATA_WHITELIST_KEY, &format!("whitelist is not valid JSON: {e}"))];
+        }
+    };
+    let labels = set.metadata.labels.clone().unwrap_or_default();
+    let mut exprs = Vec::new();
+    for rule in &parsed.rules {
+        if rule.selector.as_ref().is_some_and(|s| !crate::api::selector::matches(s, &labels)) {
+            continue;
+        }
+        for e in &rule.allowed_annotation_key_exprs {
+            match regex::Regex::new(e) {
+                Ok(r) => exprs.push(r),
+                Err(err) => return vec![invalid(&path, e, &format!("whitelist regex does not compile: {err}"))],
+            }
+        }
+    }
+    if exprs.is_empty() {
+        return if defaults_allowed {
+            vec![]
+        } else {
+            vec![forbidden(&path, "no whitelist rule applies to this SidecarSet's labels")]
+        };
+    }
+    keys.into_iter()
+        .filter(|k| !exprs.iter().any(|r| r.is_match(k)))
+        .map(|k| forbidden(&path.key(k), &format!("annotation {k} is not allowed by the patch pod metadata whitelist")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,5 +714,61 @@ mod conflict_tests {
         assert_eq!(messages(&new, &[other.clone()]), ["annotation k is in conflict with sidecarset b"]);
         other.spec.patch_pod_metadata = patch(SidecarSetPatchPolicy::Retain);
         assert!(messages(&new, &[other]).is_empty(), "Retain never conflicts");
+    }
+}
+
+#[cfg(test)]
+mod whitelist_tests {
+    use super::*;
+    use crate::api::sidecarset::{SidecarSetPatchPodMetadata, SidecarSetSpec};
+    use std::collections::BTreeMap;
+
+    fn patching(key: &str, labelled: bool) -> SidecarSet {
+        let mut s = SidecarSet::new(
+            "s",
+            SidecarSetSpec {
+                patch_pod_metadata: Some(vec![SidecarSetPatchPodMetadata {
+                    annotations: Some(BTreeMap::from([(key.into(), "1".into())])),
+                    patch_policy: Some(SidecarSetPatchPolicy::Overwrite),
+                }]),
+                ..Default::default()
+            },
+        );
+        if labelled {
+            s.metadata.labels = Some(BTreeMap::from([("app".into(), "sidecar".into())]));
+        }
+        s
+    }
+
+    const WHITELIST: &str =
+        r#"{"rules":[{"selector":{"matchLabels":{"app":"sidecar"}},"allowedAnnotationKeyExprs":["^oom-score$"]}]}"#;
+
+    #[test]
+    fn the_spec_scenario() {
+        assert_eq!(
+            validate_patch_pod_metadata_whitelist(&patching("oom-score", true), None, false).len(),
+            1,
+            "no whitelist, gate off"
+        );
+        assert!(validate_patch_pod_metadata_whitelist(&patching("oom-score", true), None, true).is_empty(), "gate on");
+        assert!(validate_patch_pod_metadata_whitelist(&patching("oom-score", true), Some(WHITELIST), false).is_empty());
+        let other = validate_patch_pod_metadata_whitelist(&patching("other", true), Some(WHITELIST), false);
+        assert_eq!(other[0].field, "spec.patchPodMetadata[other]");
+        assert_eq!(
+            validate_patch_pod_metadata_whitelist(&patching("oom-score", false), Some(WHITELIST), false).len(),
+            1,
+            "unlabelled"
+        );
+    }
+
+    #[test]
+    fn bad_whitelists_are_errors_not_panics() {
+        assert_eq!(validate_patch_pod_metadata_whitelist(&patching("k", true), Some("{"), false).len(), 1);
+        let bad_regex = r#"{"rules":[{"allowedAnnotationKeyExprs":["(unclosed"]}]}"#;
+        assert_eq!(validate_patch_pod_metadata_whitelist(&patching("k", true), Some(bad_regex), false).len(), 1);
+        let unanchored = r#"{"rules":[{"allowedAnnotationKeyExprs":["score"]}]}"#;
+        assert!(
+            validate_patch_pod_metadata_whitelist(&patching("oom-score-adj", true), Some(unanchored), false).is_empty()
+        );
     }
 }
