@@ -1,7 +1,7 @@
 //! AdvancedCronJob defaulting and validation (upstream v1.3 webhook rules).
 
 use super::broadcastjob::validate_job_name;
-use super::{ErrorList, FieldPath, forbidden, invalid, not_supported, required, validate_pod_containers};
+use super::{ErrorList, FieldPath, forbidden, invalid, not_supported, required};
 use crate::api::advancedcronjob::{AdvancedCronJob, ConcurrencyPolicy};
 use crate::api::cron::{load_zone, parse_schedule};
 
@@ -80,7 +80,7 @@ pub fn validate_advancedcronjob(acj: &AdvancedCronJob, old: Option<&AdvancedCron
                             &["Never", "OnFailure"],
                         )),
                     }
-                    errs.extend(validate_pod_containers(ps, &pod));
+                    errs.extend(super::pod::validate_pod_spec(ps, &pod, &[]));
                 }
             }
         }
@@ -88,7 +88,7 @@ pub fn validate_advancedcronjob(acj: &AdvancedCronJob, old: Option<&AdvancedCron
             let pod = template.child("broadcastJobTemplate").child("spec").child("template").child("spec");
             match bt.spec.as_ref().and_then(|s| s.template.spec.as_ref()) {
                 None => errs.push(required(&pod, "")),
-                Some(ps) => errs.extend(validate_pod_containers(ps, &pod)),
+                Some(ps) => errs.extend(super::pod::validate_pod_spec(ps, &pod, &[])),
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{ErrorList, FieldPath, forbidden, invalid, not_supported, required, validate_pod_containers};
+use super::{ErrorList, FieldPath, forbidden, invalid, not_supported, required};
 use crate::api::broadcastjob::{BroadcastJob, FailurePolicy, FailurePolicyType};
 use crate::api::common::{CompletionPolicy, CompletionPolicyType};
 
@@ -80,7 +80,7 @@ pub fn validate_broadcastjob(job: &BroadcastJob) -> ErrorList {
                     errs.push(not_supported(&pod.child("restartPolicy"), other.unwrap_or(""), &["Never", "OnFailure"]))
                 }
             }
-            errs.extend(validate_pod_containers(ps, &pod));
+            errs.extend(super::pod::validate_pod_spec(ps, &pod, &[]));
         }
     }
     errs

@@ -49,7 +49,9 @@ pub fn validate_cloneset(cs: &CloneSet, old: Option<&CloneSet>) -> ErrorList {
     if replicas < 0 {
         errs.push(invalid(&spec.child("replicas"), replicas, "replicas cannot be negative"));
     }
-    errs.extend(validate_selector_and_template(&s.selector, &s.template, &spec));
+    let claims: Vec<&str> =
+        s.volume_claim_templates.iter().flatten().filter_map(|c| c.metadata.name.as_deref()).collect();
+    errs.extend(validate_selector_and_template(&s.selector, &s.template, &spec, &claims));
 
     let mut seen = std::collections::HashSet::new();
     let ss = spec.child("scaleStrategy");

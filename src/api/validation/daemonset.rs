@@ -61,7 +61,7 @@ pub fn validate_daemonset(ds: &DaemonSet) -> ErrorList {
     let spec = FieldPath::new("spec");
     let s = &ds.spec;
     let mut errs = validate_dns_subdomain_name(ds.metadata.name.as_deref());
-    errs.extend(validate_selector_and_template(&s.selector, &s.template, &spec));
+    errs.extend(validate_selector_and_template(&s.selector, &s.template, &spec, &[]));
     if let Some(m) = s.min_ready_seconds
         && m < 0
     {

@@ -10,6 +10,7 @@ pub mod cloneset;
 pub mod daemonset;
 pub mod imagepulljob;
 pub mod nodeimage;
+pub mod pod;
 pub mod podprobemarker;
 pub mod sidecarset;
 pub mod workloadspread;
@@ -292,11 +293,13 @@ pub fn validate_label_selector(sel: &LabelSelector, path: &FieldPath) -> ErrorLi
 
 /// The checks every workload with a selector and a pod template shares: the selector is present,
 /// valid, non-empty and matches the template's labels; the template's restartPolicy is Always (or
-/// unset); it has no activeDeadlineSeconds; and its containers have names and images.
+/// unset); it has no activeDeadlineSeconds; and the pod spec passes [`pod::validate_pod_spec`]
+/// (with `extra_volumes` mountable, e.g. claim templates).
 pub fn validate_selector_and_template(
     selector: &LabelSelector,
     template: &k8s_openapi::api::core::v1::PodTemplateSpec,
     spec: &FieldPath,
+    extra_volumes: &[&str],
 ) -> ErrorList {
     let mut errs = ErrorList::new();
     let sel_path = spec.child("selector");
@@ -318,9 +321,8 @@ pub fn validate_selector_and_template(
     match &template.spec {
         None => errs.push(required(&pod, "")),
         Some(ps) => {
-            match ps.restart_policy.as_deref() {
-                None | Some("Always") => {}
-                Some(other) => errs.push(not_supported(&pod.child("restartPolicy"), other, &["Always"])),
+            if let Some(other) = ps.restart_policy.as_deref().filter(|p| *p != "Always") {
+                errs.push(not_supported(&pod.child("restartPolicy"), other, &["Always"]));
             }
             if ps.active_deadline_seconds.is_some() {
                 errs.push(forbidden(
@@ -328,32 +330,7 @@ pub fn validate_selector_and_template(
                     "activeDeadlineSeconds in this workload is not Supported",
                 ));
             }
-            errs.extend(validate_pod_containers(ps, &pod));
-        }
-    }
-    errs
-}
-
-/// The part of core/v1 Pod validation that catches most mistakes: at least one container, each
-/// with a valid unique name and an image. (The full Pod validation is the webhook's to port.)
-pub fn validate_pod_containers(ps: &k8s_openapi::api::core::v1::PodSpec, pod: &FieldPath) -> ErrorList {
-    let mut errs = ErrorList::new();
-    if ps.containers.is_empty() {
-        errs.push(required(&pod.child("containers"), ""));
-    }
-    let mut names = std::collections::HashSet::new();
-    let init = ps.init_containers.iter().flatten().enumerate().map(|(i, c)| (pod.child("initContainers").index(i), c));
-    let main = ps.containers.iter().enumerate().map(|(i, c)| (pod.child("containers").index(i), c));
-    for (path, c) in init.chain(main) {
-        if c.name.is_empty() {
-            errs.push(required(&path.child("name"), ""));
-        } else if c.name.len() > 63 || c.name.contains('.') || !is_dns1123_subdomain(&c.name) {
-            errs.push(invalid(&path.child("name"), &c.name, "must be a lowercase RFC 1123 label"));
-        } else if !names.insert(c.name.as_str()) {
-            errs.push(duplicate(&path.child("name"), &c.name));
-        }
-        if c.image.as_deref().unwrap_or_default().trim().is_empty() {
-            errs.push(required(&path.child("image"), ""));
+            errs.extend(pod::validate_pod_spec(ps, &pod, extra_volumes));
         }
     }
     errs

@@ -79,10 +79,6 @@ fn default_container(c: &mut SidecarContainer) {
     }
 }
 
-fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && !s.contains('.') && super::is_dns1123_subdomain(s)
-}
-
 pub fn validate_sidecarset(set: &SidecarSet, old: Option<&SidecarSet>) -> ErrorList {
     let mut errs = ErrorList::new();
     let meta = FieldPath::new("metadata");
@@ -147,6 +143,7 @@ pub fn validate_sidecarset(set: &SidecarSet, old: Option<&SidecarSet>) -> ErrorL
     if init.is_empty() && containers.is_empty() {
         errs.push(required(&spec.child("containers"), "no initContainers or containers defined for SidecarSet"));
     }
+    errs.extend(super::pod::validate_volumes(s.volumes.as_deref().unwrap_or_default(), &spec.child("volumes")));
     let volumes: HashSet<&str> = s.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
     let mut names = HashSet::new();
     for (field, list) in [("initContainers", init), ("containers", containers)] {
@@ -182,33 +179,15 @@ pub fn validate_sidecarset(set: &SidecarSet, old: Option<&SidecarSet>) -> ErrorL
     errs
 }
 
+/// The synthetic pod's share of a sidecar container: core/v1 container rules (with the set's
+/// volumes mountable), then the SidecarSet's own transferEnv rules.
 fn validate_container(
     c: &SidecarContainer,
     path: &FieldPath,
     volumes: &HashSet<&str>,
     names: &mut HashSet<String>,
 ) -> ErrorList {
-    let mut errs = ErrorList::new();
-    let k = &c.container;
-    if k.name.is_empty() {
-        errs.push(required(&path.child("name"), ""));
-    } else if !is_dns1123_label(&k.name) {
-        errs.push(invalid(&path.child("name"), &k.name, "must be a lowercase RFC 1123 label"));
-    } else if !names.insert(k.name.clone()) {
-        errs.push(duplicate(&path.child("name"), &k.name));
-    }
-    if k.image.as_deref().unwrap_or_default().trim().is_empty() {
-        errs.push(required(&path.child("image"), ""));
-    }
-    for (j, m) in k.volume_mounts.iter().flatten().enumerate() {
-        if !volumes.contains(m.name.as_str()) {
-            errs.push(invalid(
-                &path.child("volumeMounts").index(j).child("name"),
-                &m.name,
-                "volume not found in spec.volumes",
-            ));
-        }
-    }
+    let mut errs = super::pod::validate_container(&c.container, path, volumes, names);
     for (j, t) in c.sidecar.transfer_env.iter().flatten().enumerate() {
         let tp = path.child("transferEnv").index(j);
         if let Some(from) = &t.source_container_name_from {
@@ -399,7 +378,11 @@ pub fn validate_patch_pod_metadata_whitelist(
     let parsed: Whitelist = match serde_json::from_str(text) {
         Ok(w) => w,
         Err(e) => {
-            return vec![invalid(&path, PATCH_POD_METADATA_WHITELIST_KEY, &format!("whitelist is not valid JSON: {e}"))];
+            return vec![invalid(
+                &path,
+                PATCH_POD_METADATA_WHITELIST_KEY,
+                &format!("whitelist is not valid JSON: {e}"),
+            )];
         }
     };
     let labels = set.metadata.labels.clone().unwrap_or_default();
@@ -580,7 +563,11 @@ mod tests {
             ..Default::default()
         }]);
         s.spec.containers = Some(vec![c, container("logtail", "x:1"), container("Bad_Name", "x:1")]);
-        s.spec.volumes = Some(vec![Volume { name: "data".into(), ..Default::default() }]);
+        s.spec.volumes = Some(vec![Volume {
+            name: "data".into(),
+            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]);
         let fields: Vec<String> = validate_sidecarset(&s, None).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
