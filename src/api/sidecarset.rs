@@ -16,6 +16,48 @@ use super::schema;
 
 /// Label on a ControllerRevision recording the custom version of a SidecarSet revision.
 pub const SIDECARSET_CUSTOM_VERSION_LABEL: &str = "apps.kruise.io/sidecarset-custom-version";
+/// Label on a ControllerRevision naming the SidecarSet it records.
+pub const SIDECARSET_NAME_LABEL: &str = "kruise.io/sidecarset-name";
+
+impl SidecarSet {
+    /// The recorded revision new pods get instead of the current spec, if
+    /// `injectionStrategy.revision` pins one: by `revisionName` (which must belong to this set),
+    /// else the highest-numbered revision labelled with `customVersion`. `Ok(None)`: nothing is
+    /// pinned. `Err`: a revision is pinned but not among `revisions` (the Kruise namespace's).
+    pub fn pinned_revision<'a>(
+        &self,
+        revisions: &'a [k8s_openapi::api::apps::v1::ControllerRevision],
+    ) -> Result<Option<&'a k8s_openapi::api::apps::v1::ControllerRevision>, String> {
+        let Some(rev) = self.spec.injection_strategy.as_ref().and_then(|i| i.revision.as_ref()) else {
+            return Ok(None);
+        };
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let label = |r: &k8s_openapi::api::apps::v1::ControllerRevision, k: &str| {
+            r.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned()
+        };
+        let ours = |r: &&k8s_openapi::api::apps::v1::ControllerRevision| {
+            label(r, SIDECARSET_NAME_LABEL).as_deref() == Some(name)
+        };
+        if let Some(wanted) = rev.revision_name.as_deref().filter(|n| !n.is_empty()) {
+            return revisions
+                .iter()
+                .filter(ours)
+                .find(|r| r.metadata.name.as_deref() == Some(wanted))
+                .map(Some)
+                .ok_or_else(|| format!("revision {wanted} of SidecarSet {name} not found"));
+        }
+        if let Some(version) = rev.custom_version.as_deref().filter(|v| !v.is_empty()) {
+            return revisions
+                .iter()
+                .filter(ours)
+                .filter(|r| label(r, SIDECARSET_CUSTOM_VERSION_LABEL).as_deref() == Some(version))
+                .max_by_key(|r| r.revision)
+                .map(Some)
+                .ok_or_else(|| format!("no revision of SidecarSet {name} with custom version {version}"));
+        }
+        Ok(None)
+    }
+}
 
 /// SidecarSetSpec defines the desired state of SidecarSet.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

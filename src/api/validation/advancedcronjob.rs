@@ -8,8 +8,15 @@ use crate::api::cron::{load_zone, parse_schedule};
 pub const DEFAULT_SUCCESSFUL_JOBS_HISTORY_LIMIT: i32 = 3;
 pub const DEFAULT_FAILED_JOBS_HISTORY_LIMIT: i32 = 1;
 
+/// The mutating webhook's defaults, the embedded pod template's included.
 pub fn default_advancedcronjob(acj: &mut AdvancedCronJob) {
     let s = &mut acj.spec;
+    let job_pod = s.template.job_template.as_mut().and_then(|j| j.spec.as_mut()).and_then(|j| j.template.spec.as_mut());
+    let bcj_pod =
+        s.template.broadcast_job_template.as_mut().and_then(|b| b.spec.as_mut()).and_then(|b| b.template.spec.as_mut());
+    for ps in job_pod.into_iter().chain(bcj_pod) {
+        super::pod::default_pod_spec(ps);
+    }
     s.concurrency_policy.get_or_insert(ConcurrencyPolicy::Allow);
     s.paused.get_or_insert(false);
     s.successful_jobs_history_limit.get_or_insert(DEFAULT_SUCCESSFUL_JOBS_HISTORY_LIMIT);

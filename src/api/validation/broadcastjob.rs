@@ -11,8 +11,13 @@ use crate::api::common::{CompletionPolicy, CompletionPolicyType};
 pub const BROADCASTJOB_NAME_LABEL: &str = "broadcastjob-name";
 pub const BROADCASTJOB_CONTROLLER_UID_LABEL: &str = "broadcastjob-controller-uid";
 
+/// The mutating webhook's defaults, the pod template's included (so an unset restartPolicy becomes
+/// Always and is then refused, as in v1.3).
 pub fn default_broadcastjob(job: &mut BroadcastJob) {
     let s = &mut job.spec;
+    if let Some(ps) = s.template.spec.as_mut() {
+        super::pod::default_pod_spec(ps);
+    }
     s.completion_policy.get_or_insert_with(CompletionPolicy::default).type_.get_or_insert(CompletionPolicyType::Always);
     s.parallelism.get_or_insert(IntOrString::Int(i32::MAX));
     s.failure_policy.get_or_insert_with(FailurePolicy::default).type_.get_or_insert(FailurePolicyType::FailFast);

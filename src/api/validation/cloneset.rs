@@ -14,10 +14,13 @@ use crate::api::cloneset::{
 
 pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 
-/// The mutating webhook's defaults (pod-template defaults are left to the API server's pod
-/// admission; they are not part of the stored CloneSet here).
+/// The mutating webhook's defaults, the pod template's included (apply them on create, and on
+/// update only when the template changed, unless gate `TemplateNoDefaults` is on).
 pub fn default_cloneset(cs: &mut CloneSet) {
     let s = &mut cs.spec;
+    if let Some(ps) = s.template.spec.as_mut() {
+        super::pod::default_pod_spec(ps);
+    }
     s.replicas.get_or_insert(1);
     s.revision_history_limit.get_or_insert(DEFAULT_REVISION_HISTORY_LIMIT);
     let u = s.update_strategy.get_or_insert_with(CloneSetUpdateStrategy::default);
@@ -367,8 +370,9 @@ mod tests {
 
     #[test]
     fn updates() {
-        let old = cloneset();
-        let mut new = cloneset();
+        let mut old = cloneset();
+        default_cloneset(&mut old);
+        let mut new = old.clone();
         new.spec.selector.match_labels.as_mut().unwrap().insert("tier".into(), "x".into());
         new.spec.template.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert("tier".into(), "x".into());
         assert_eq!(fields(&new, Some(&old)), ["spec.selector"]);

@@ -1,14 +1,99 @@
-//! The core/v1 Pod validation rules that catch most mistakes in embedded pod templates and in a
-//! SidecarSet's synthetic pod: containers (names, images, ports, env names, volume mounts),
-//! volumes (names, exactly one source) and the enumerated pod fields. The API server validates
-//! every real pod in full when it is created; these checks move the common errors to the moment
-//! the workload is written.
+//! Kubernetes' standard pod defaults, and the core/v1 Pod validation rules that catch most
+//! mistakes, for embedded pod templates and a SidecarSet's synthetic pod: containers (names,
+//! images, ports, env names, volume mounts), volumes (names, exactly one source) and the
+//! enumerated pod fields. The API server validates every real pod in full when it is created;
+//! these checks move the common errors to the moment the workload is written. Defaults matter
+//! beyond validation: they are part of a template's revision hash.
 
 use std::collections::HashSet;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, Probe, Volume,
+};
 
 use super::{ErrorList, FieldPath, duplicate, invalid, is_dns1123_subdomain, not_supported, required};
+
+/// Secret, ConfigMap, DownwardAPI and projected volumes' file mode when unset (0644).
+const DEFAULT_FILE_MODE: i32 = 0o644;
+
+/// `SetDefaults_PodSpec` and the defaults of everything inside it, as the API server applies them
+/// to a pod template.
+pub fn default_pod_spec(ps: &mut PodSpec) {
+    ps.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    ps.restart_policy.get_or_insert_with(|| "Always".into());
+    ps.termination_grace_period_seconds.get_or_insert(30);
+    ps.security_context.get_or_insert_with(PodSecurityContext::default);
+    ps.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    ps.enable_service_links.get_or_insert(true);
+    let host_network = ps.host_network == Some(true);
+    for c in ps.init_containers.iter_mut().flatten().chain(ps.containers.iter_mut()) {
+        default_container(c);
+        if host_network {
+            for p in c.ports.iter_mut().flatten() {
+                p.host_port.get_or_insert(p.container_port);
+            }
+        }
+    }
+    for v in ps.volumes.iter_mut().flatten() {
+        default_volume(v);
+    }
+}
+
+/// `SetDefaults_Container` and its ports, probes and env.
+pub fn default_container(c: &mut Container) {
+    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    if c.image_pull_policy.is_none() {
+        let tag = c.image.as_deref().and_then(|i| crate::api::image::parse_image(i).ok()).map(|r| r.tag);
+        let latest = tag.as_deref().is_none_or(|t| t == "latest");
+        c.image_pull_policy = Some(if latest { "Always" } else { "IfNotPresent" }.into());
+    }
+    for p in c.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+    for probe in [&mut c.liveness_probe, &mut c.readiness_probe, &mut c.startup_probe].into_iter().flatten() {
+        default_probe(probe);
+    }
+    for e in c.env.iter_mut().flatten() {
+        if let Some(f) = e.value_from.as_mut().and_then(|v| v.field_ref.as_mut()) {
+            f.api_version.get_or_insert_with(|| "v1".into());
+        }
+    }
+}
+
+fn default_probe(p: &mut Probe) {
+    p.timeout_seconds.get_or_insert(1);
+    p.period_seconds.get_or_insert(10);
+    p.success_threshold.get_or_insert(1);
+    p.failure_threshold.get_or_insert(3);
+    if let Some(h) = p.http_get.as_mut() {
+        h.path.get_or_insert_with(|| "/".into());
+        h.scheme.get_or_insert_with(|| "HTTP".into());
+    }
+}
+
+fn default_volume(v: &mut Volume) {
+    if let Some(s) = v.secret.as_mut() {
+        s.default_mode.get_or_insert(DEFAULT_FILE_MODE);
+    }
+    if let Some(c) = v.config_map.as_mut() {
+        c.default_mode.get_or_insert(DEFAULT_FILE_MODE);
+    }
+    if let Some(d) = v.downward_api.as_mut() {
+        d.default_mode.get_or_insert(DEFAULT_FILE_MODE);
+        for f in d.items.iter_mut().flatten() {
+            if let Some(r) = f.field_ref.as_mut() {
+                r.api_version.get_or_insert_with(|| "v1".into());
+            }
+        }
+    }
+    if let Some(p) = v.projected.as_mut() {
+        p.default_mode.get_or_insert(DEFAULT_FILE_MODE);
+    }
+    if let Some(h) = v.host_path.as_mut() {
+        h.type_.get_or_insert_with(String::new);
+    }
+}
 
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && !s.contains('.') && is_dns1123_subdomain(s)
@@ -182,6 +267,55 @@ pub fn validate_volumes(volumes: &[Volume], path: &FieldPath) -> ErrorList {
     errs
 }
 
+/// A node selector term as node affinity takes it.
+pub fn validate_node_selector_term(term: &NodeSelectorTerm, path: &FieldPath) -> ErrorList {
+    let mut errs = ErrorList::new();
+    for (i, r) in term.match_expressions.iter().flatten().enumerate() {
+        let rp = path.child("matchExpressions").index(i);
+        errs.extend(
+            super::qualified_name_errors(&r.key).iter().map(|reason| invalid(&rp.child("key"), &r.key, reason)),
+        );
+        errs.extend(validate_node_selector_requirement(r, &rp));
+    }
+    for (i, r) in term.match_fields.iter().flatten().enumerate() {
+        let rp = path.child("matchFields").index(i);
+        if r.key != "metadata.name" {
+            errs.push(not_supported(&rp.child("key"), &r.key, &["metadata.name"]));
+        }
+        if !matches!(r.operator.as_str(), "In" | "NotIn") {
+            errs.push(not_supported(&rp.child("operator"), &r.operator, &["In", "NotIn"]));
+        } else if r.values.as_ref().is_none_or(|v| v.len() != 1) {
+            errs.push(required(
+                &rp.child("values"),
+                "must be only one value when `operator` is 'In' or 'NotIn' for node field selector",
+            ));
+        }
+    }
+    errs
+}
+
+fn validate_node_selector_requirement(r: &NodeSelectorRequirement, rp: &FieldPath) -> ErrorList {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" | "NotIn" if values.is_empty() => {
+            vec![required(&rp.child("values"), "must be specified when `operator` is 'In' or 'NotIn'")]
+        }
+        "Exists" | "DoesNotExist" if !values.is_empty() => {
+            vec![super::forbidden(
+                &rp.child("values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )]
+        }
+        "Gt" | "Lt" if values.len() != 1 || values[0].parse::<i64>().is_err() => {
+            vec![required(&rp.child("values"), "must be specified single value when `operator` is 'Lt' or 'Gt'")]
+        }
+        "In" | "NotIn" | "Exists" | "DoesNotExist" | "Gt" | "Lt" => vec![],
+        other => {
+            vec![not_supported(&rp.child("operator"), other, &["DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn"])]
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +401,81 @@ mod tests {
         let f: Vec<String> =
             validate_volumes(&vols, &FieldPath::new("spec.volumes")).into_iter().map(|e| e.field).collect();
         assert_eq!(f, ["spec.volumes[1].name", "spec.volumes[2]", "spec.volumes[3]"]);
+    }
+
+    #[test]
+    fn defaults_as_the_api_server() {
+        use k8s_openapi::api::core::v1::{HTTPGetAction, SecretVolumeSource};
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let mut web = c("web");
+        web.image = Some("nginx".into());
+        web.ports = Some(vec![ContainerPort { container_port: 80, ..Default::default() }]);
+        web.readiness_probe = Some(Probe {
+            http_get: Some(HTTPGetAction { port: IntOrString::Int(80), ..Default::default() }),
+            ..Default::default()
+        });
+        let mut ps = PodSpec {
+            containers: vec![web],
+            host_network: Some(true),
+            volumes: Some(vec![Volume {
+                name: "s".into(),
+                secret: Some(SecretVolumeSource::default()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        default_pod_spec(&mut ps);
+        assert_eq!(ps.dns_policy.as_deref(), Some("ClusterFirst"));
+        assert_eq!(ps.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(ps.termination_grace_period_seconds, Some(30));
+        assert_eq!(ps.scheduler_name.as_deref(), Some("default-scheduler"));
+        let web = &ps.containers[0];
+        assert_eq!(web.image_pull_policy.as_deref(), Some("Always"), "untagged means latest");
+        let port = &web.ports.as_ref().unwrap()[0];
+        assert_eq!((port.protocol.as_deref(), port.host_port), (Some("TCP"), Some(80)), "hostNetwork mirrors ports");
+        let probe = web.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            (probe.timeout_seconds, probe.period_seconds, probe.success_threshold, probe.failure_threshold),
+            (Some(1), Some(10), Some(1), Some(3))
+        );
+        assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/"));
+        assert_eq!(ps.volumes.unwrap()[0].secret.as_ref().unwrap().default_mode, Some(0o644));
+        let mut pinned = c("x");
+        pinned.image = Some("nginx:1.27".into());
+        default_container(&mut pinned);
+        assert_eq!(pinned.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+
+    #[test]
+    fn node_selector_terms() {
+        let req = |key: &str, op: &str, values: &[&str]| NodeSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        let term = NodeSelectorTerm {
+            match_expressions: Some(vec![
+                req("zone", "In", &["a"]),
+                req("zone", "In", &[]),
+                req("cpu", "Gt", &["x"]),
+                req("gpu", "Exists", &["1"]),
+                req("z", "Near", &["1"]),
+            ]),
+            match_fields: Some(vec![req("metadata.name", "In", &["n1"]), req("spec.x", "In", &["a", "b"])]),
+        };
+        let f: Vec<String> =
+            validate_node_selector_term(&term, &FieldPath::new("t")).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            f,
+            [
+                "t.matchExpressions[1].values",
+                "t.matchExpressions[2].values",
+                "t.matchExpressions[3].values",
+                "t.matchExpressions[4].operator",
+                "t.matchFields[1].key",
+                "t.matchFields[1].values",
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
-//! SidecarSet defaulting and validation: the rules on the object (and the old one on update), the
-//! conflicts with the other SidecarSets and the patchPodMetadata whitelist, given them. Still to
-//! come with the webhook: the revision lookup (ControllerRevisions), and the full core/v1 Pod
-//! validation of the synthetic pod (here: container names, images and volume mounts).
+//! SidecarSet defaulting and validation: the rules on the object (and the old one on update), and
+//! those that need other objects, given them: conflicts with the other SidecarSets, the
+//! patchPodMetadata whitelist, and the pinned revision's existence.
 
 use std::collections::HashSet;
 
@@ -35,7 +34,7 @@ pub fn default_sidecarset(set: &mut SidecarSet) {
         share.type_.get_or_insert(ShareVolumePolicyType::Disabled);
     }
     for c in spec.init_containers.iter_mut().chain(spec.containers.iter_mut()).flatten() {
-        default_container(c);
+        super::pod::default_container(&mut c.container);
     }
     for p in spec.patch_pod_metadata.iter_mut().flatten() {
         p.patch_policy.get_or_insert(SidecarSetPatchPolicy::Retain);
@@ -61,21 +60,6 @@ pub fn default_sidecarset(set: &mut SidecarSet) {
         if let Some(rev) = injection.revision.as_mut() {
             rev.policy.get_or_insert(SidecarSetInjectRevisionPolicy::Always);
         }
-    }
-}
-
-/// The core/v1 container defaults the API server would apply to a pod's container.
-fn default_container(c: &mut SidecarContainer) {
-    let k = &mut c.container;
-    k.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-    k.termination_message_policy.get_or_insert_with(|| "File".into());
-    if k.image_pull_policy.is_none() {
-        let tag = k.image.as_deref().and_then(|i| crate::api::image::parse_image(i).ok()).map(|r| r.tag);
-        let policy = if tag.as_deref().is_none_or(|t| t == "latest") { "Always" } else { "IfNotPresent" };
-        k.image_pull_policy = Some(policy.into());
-    }
-    for p in k.ports.iter_mut().flatten() {
-        p.protocol.get_or_insert_with(|| "TCP".into());
     }
 }
 
@@ -329,6 +313,19 @@ pub fn validate_sidecarset_conflicts(new: &SidecarSet, others: &[SidecarSet]) ->
         }
     }
     errs
+}
+
+/// A pinned injection revision must exist among `revisions` (the Kruise namespace's).
+pub fn validate_injection_revision(
+    set: &SidecarSet,
+    revisions: &[k8s_openapi::api::apps::v1::ControllerRevision],
+) -> ErrorList {
+    match set.pinned_revision(revisions) {
+        Ok(_) => vec![],
+        Err(reason) => {
+            vec![invalid(&FieldPath::new("spec").child("injectionStrategy").child("revision"), "revision", &reason)]
+        }
+    }
 }
 
 /// Where the whitelist lives: ConfigMap `kruise-configuration` in the Kruise namespace, this key.
@@ -757,5 +754,69 @@ mod whitelist_tests {
         assert!(
             validate_patch_pod_metadata_whitelist(&patching("oom-score-adj", true), Some(unanchored), false).is_empty()
         );
+    }
+}
+
+#[cfg(test)]
+mod revision_tests {
+    use super::*;
+    use crate::api::sidecarset::{
+        SIDECARSET_CUSTOM_VERSION_LABEL, SIDECARSET_NAME_LABEL, SidecarSetInjectionStrategy, SidecarSetSpec,
+    };
+    use k8s_openapi::api::apps::v1::ControllerRevision;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn revision(name: &str, set: &str, version: &str, number: i64) -> ControllerRevision {
+        ControllerRevision {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([
+                    (SIDECARSET_NAME_LABEL.to_string(), set.to_string()),
+                    (SIDECARSET_CUSTOM_VERSION_LABEL.to_string(), version.to_string()),
+                ])),
+                ..Default::default()
+            },
+            revision: number,
+            data: None,
+        }
+    }
+
+    fn pinned(name: Option<&str>, version: Option<&str>) -> SidecarSet {
+        SidecarSet::new(
+            "agent",
+            SidecarSetSpec {
+                injection_strategy: Some(SidecarSetInjectionStrategy {
+                    revision: Some(SidecarSetInjectRevision {
+                        revision_name: name.map(String::from),
+                        custom_version: version.map(String::from),
+                        policy: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn finds_the_pinned_revision() {
+        let revs = [
+            revision("agent-a", "agent", "v1", 1),
+            revision("agent-b", "agent", "v2", 2),
+            revision("agent-c", "agent", "v2", 3),
+            revision("other-x", "other", "v2", 9),
+        ];
+        let found = |s: &SidecarSet| s.pinned_revision(&revs).map(|r| r.and_then(|r| r.metadata.name.clone()));
+        assert_eq!(found(&pinned(Some("agent-a"), None)), Ok(Some("agent-a".into())));
+        assert_eq!(found(&pinned(None, Some("v2"))), Ok(Some("agent-c".into())), "the newest with that version");
+        assert!(found(&pinned(Some("other-x"), None)).is_err(), "another set's revision does not count");
+        assert!(found(&pinned(None, Some("v9"))).is_err());
+        assert_eq!(found(&SidecarSet::new("agent", SidecarSetSpec::default())), Ok(None));
+        assert_eq!(
+            validate_injection_revision(&pinned(None, Some("v9")), &revs)[0].field,
+            "spec.injectionStrategy.revision"
+        );
+        assert!(validate_injection_revision(&pinned(None, Some("v1")), &revs).is_empty());
     }
 }
