@@ -48,6 +48,9 @@ echo "==> kruise CRDs" >&2
 kubectl apply --server-side --field-manager=kruise-demo -f deploy/helm/kruise/crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s -f deploy/helm/kruise/crds/ >/dev/null
 kubectl get crd -o custom-columns=CRD:.metadata.name,SCOPE:.spec.scope | grep -E "CRD|kruise.io"
+echo "==> the example manifests (examples/), as kubectl shows them" >&2
+kubectl apply --server-side --field-manager=kruise-demo -f examples/ >/dev/null
+kubectl get sidecarsets,clonesets,daemonsets.apps.kruise.io,broadcastjobs,advancedcronjobs,imagepulljobs,workloadspreads -A
 
 echo "==> kruise-manager x$REPLICAS and kruise-daemon (simulated)" >&2
 start() {  # name, then the command
