@@ -21,9 +21,6 @@ pub mod workloadspread;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub const GROUP: &str = "apps.kruise.io";
-pub const VERSION: &str = "v1alpha1";
-
 /// Every CRD kruise-rs serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     [

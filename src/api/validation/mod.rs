@@ -60,7 +60,6 @@ pub enum ErrorType {
     NotSupported,
     Duplicate,
     Forbidden,
-    TooLong,
     TooMany,
 }
 
@@ -72,7 +71,6 @@ impl ErrorType {
             ErrorType::NotSupported => "Unsupported value",
             ErrorType::Duplicate => "Duplicate value",
             ErrorType::Forbidden => "Forbidden",
-            ErrorType::TooLong => "Too long",
             ErrorType::TooMany => "Too many",
         }
     }
@@ -154,15 +152,6 @@ pub fn too_many(path: &FieldPath, max: usize) -> FieldError {
         field: path.to_string(),
         bad_value: None,
         detail: format!("must have at most {max} items"),
-    }
-}
-
-pub fn too_long(path: &FieldPath, max: usize) -> FieldError {
-    FieldError {
-        type_: ErrorType::TooLong,
-        field: path.to_string(),
-        bad_value: None,
-        detail: format!("must have at most {max} characters"),
     }
 }
 
