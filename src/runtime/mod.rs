@@ -12,3 +12,4 @@ pub mod shard;
 pub mod shard_coordinator;
 pub mod shard_plan;
 pub mod supervisor;
+pub mod work_queue;
