@@ -6,6 +6,7 @@ pub mod flag_values;
 pub mod http;
 pub mod lease;
 pub mod logging;
+pub mod merge_patch;
 pub mod metrics;
 pub mod ownership;
 pub mod shard;

@@ -1,0 +1,97 @@
+//! Coalescing JSON merge patches (RFC 7386): two patches for the same object, queued behind the
+//! rate limiter, become one request with the same effect as sending both in order.
+
+use serde_json::{Map, Value};
+
+/// Applies merge patch `patch` to `target` (RFC 7386).
+pub fn apply(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                apply(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// One merge patch with the effect of `first` then `second`, or `None` when no single merge patch
+/// has it: `first` deletes a key (null) that `second` sets to an object, which as one patch would
+/// merge into the old value instead of replacing it. Then the two must be sent separately.
+pub fn compose(first: &Value, second: &Value) -> Option<Value> {
+    let (Value::Object(a), Value::Object(b)) = (first, second) else {
+        // A non-object patch replaces the whole target, so the later one wins.
+        return Some(second.clone());
+    };
+    let mut out = a.clone();
+    for (k, v2) in b {
+        let merged = match (a.get(k), v2) {
+            (Some(Value::Null), Value::Object(_)) => return None,
+            (Some(v1 @ Value::Object(_)), Value::Object(_)) => compose(v1, v2)?,
+            _ => v2.clone(),
+        };
+        out.insert(k.clone(), merged);
+    }
+    Some(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `compose` must equal applying both in order, on any document.
+    fn check(doc: Value, p1: Value, p2: Value) {
+        let mut sequential = doc.clone();
+        apply(&mut sequential, &p1);
+        apply(&mut sequential, &p2);
+        let composed = compose(&p1, &p2).expect("composable");
+        let mut once = doc;
+        apply(&mut once, &composed);
+        assert_eq!(once, sequential, "compose({p1}, {p2}) = {composed}");
+    }
+
+    #[test]
+    fn rfc7386_examples() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        apply(&mut doc, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+        let mut doc = json!({"a": [1, 2]});
+        apply(&mut doc, &json!({"a": [3]}));
+        assert_eq!(doc, json!({"a": [3]}), "arrays are replaced");
+    }
+
+    #[test]
+    fn composition_equals_sequential_application() {
+        let doc = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "annotations": {"x": "y"}}, "spec": {"n": 1}});
+        check(doc.clone(), json!({"metadata": {"labels": {"a": "3"}}}), json!({"metadata": {"labels": {"b": null}}}));
+        check(doc.clone(), json!({"spec": {"n": 2}}), json!({"spec": {"n": 3}}));
+        check(doc.clone(), json!({"metadata": {"annotations": null}}), json!({"metadata": {"labels": {"c": "4"}}}));
+        check(doc.clone(), json!({"spec": {"list": [1]}}), json!({"spec": {"list": [2, 3]}}));
+        check(doc.clone(), json!({"spec": {"n": {"deep": 1}}}), json!({"spec": {"n": 5}}));
+        check(doc, json!({"spec": null}), json!({"spec": "scalar"}));
+    }
+
+    #[test]
+    fn a_delete_then_an_object_is_not_composable() {
+        // As one patch, {"a": {"b": 1}} would keep a's other fields; in order they are gone.
+        assert_eq!(compose(&json!({"a": null}), &json!({"a": {"b": 1}})), None);
+        assert_eq!(compose(&json!({"x": {"a": null}}), &json!({"x": {"a": {"b": 1}}})), None);
+    }
+
+    #[test]
+    fn many_small_patches_fold_into_one() {
+        let patches: Vec<Value> =
+            (0..100).map(|i| json!({"status": {"observed": i, format!("k{}", i % 3): i}})).collect();
+        let folded = patches.iter().skip(1).try_fold(patches[0].clone(), |acc, p| compose(&acc, p)).unwrap();
+        assert_eq!(folded, json!({"status": {"observed": 99, "k0": 99, "k1": 97, "k2": 98}}));
+    }
+}
