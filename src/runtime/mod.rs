@@ -1,6 +1,7 @@
 //! The runtime every controller runs on: shards and their leases, the actor tree, metrics and
 //! HTTP endpoints.
 
+pub mod api_writer;
 pub mod client;
 pub mod flag_values;
 pub mod http;

@@ -7,3 +7,4 @@ mod support;
 mod crds;
 mod harness;
 mod shards;
+mod writer;
