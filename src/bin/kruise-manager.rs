@@ -12,7 +12,7 @@ use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::lease::{LeaseStore, LeaseTimings};
 use kruise::runtime::metrics::{MetricsRegistry, ShardMetrics};
-use kruise::runtime::ownership::ShardOwnership;
+use kruise::runtime::ownership::{Leadership, ShardOwnership};
 use kruise::runtime::shard::ShardSpace;
 use kruise::runtime::shard_coordinator::{CoordinatorArgs, RELEASE_TIMEOUT};
 use kruise::runtime::supervisor::{ManagerSupervisor, SupervisorMsg};
@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         space,
         timings,
         ownership,
+        leadership: Leadership::default(),
         metrics,
         ready,
     };

@@ -44,6 +44,9 @@ pub struct ShardMetrics {
     /// `kruise_lease_errors_total{operation}`: lease requests that failed for reasons other than
     /// losing a race.
     pub lease_errors: IntCounterVec,
+    /// `kruise_manager_is_leader`: 1 on the replica that runs the global singletons (OpenKruise's
+    /// name, so its dashboards work).
+    pub is_leader: IntGauge,
 }
 
 impl ShardMetrics {
@@ -63,12 +66,14 @@ impl ShardMetrics {
                 Opts::new("kruise_lease_errors_total", "Lease requests that failed"),
                 &["operation"],
             )?,
+            is_leader: IntGauge::new("kruise_manager_is_leader", "Whether this replica is the leader")?,
         };
         registry.register(&m.shards_held)?;
         registry.register(&m.shard_handoffs)?;
         registry.register(&m.live_replicas)?;
         registry.register(&m.leader_status)?;
         registry.register(&m.lease_errors)?;
+        registry.register(&m.is_leader)?;
         Ok(m)
     }
 }

@@ -55,6 +55,38 @@ impl ShardOwnership {
     }
 }
 
+/// Whether this replica is the manager's leader (for global singletons), fenced like a shard: it
+/// stops being leader at its renew deadline whether or not anyone has noticed yet.
+#[derive(Clone, Default)]
+pub struct Leadership {
+    until: Arc<RwLock<Option<Instant>>>,
+}
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        self.until.read().unwrap_or_else(|e| e.into_inner()).is_some_and(|u| u > Instant::now())
+    }
+
+    pub(crate) fn grant(&self, until: Instant) {
+        *self.until.write().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+
+    /// Ends leadership; true if it was recorded (held or lapsed).
+    pub(crate) fn revoke(&self) -> bool {
+        self.until.write().unwrap_or_else(|e| e.into_inner()).take().is_some()
+    }
+
+    /// Ends a leadership whose deadline has passed; true if it did.
+    pub(crate) fn take_lapsed(&self, now: Instant) -> bool {
+        let mut until = self.until.write().unwrap_or_else(|e| e.into_inner());
+        if until.is_some_and(|u| u <= now) {
+            *until = None;
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +105,17 @@ mod tests {
         assert_eq!(o.take_lapsed(Instant::now()), vec![ShardId(1)]);
         assert!(o.revoke(ShardId(2)));
         assert!(o.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_ends_at_its_deadline() {
+        let l = Leadership::default();
+        assert!(!l.is_leader());
+        l.grant(Instant::now() + Duration::from_secs(10));
+        assert!(l.is_leader());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!l.is_leader());
+        assert!(l.take_lapsed(Instant::now()));
+        assert!(!l.take_lapsed(Instant::now()), "only once");
     }
 }

@@ -16,12 +16,15 @@ use tracing::{debug, info, warn};
 use super::http::Readiness;
 use super::lease::{self, Holder, LeaseError, LeaseStore, LeaseTimings, LeaseTracker, ROLE_LABEL};
 use super::metrics::ShardMetrics;
-use super::ownership::ShardOwnership;
+use super::ownership::{Leadership, ShardOwnership};
 use super::shard::{ShardId, ShardSpace};
 use super::shard_plan::{self, ShardAction, ShardPlanInput};
 
 const ROLE_SHARD: &str = "shard";
 const ROLE_MEMBER: &str = "member";
+const ROLE_LEADER: &str = "leader";
+/// The leader lease for global singletons; upstream's lock has the same name.
+pub const LEADER_LEASE_NAME: &str = "kruise-manager";
 
 pub fn shard_lease_name(s: ShardId) -> String {
     format!("kruise-shard-{s}")
@@ -42,6 +45,7 @@ pub struct CoordinatorArgs {
     pub space: ShardSpace,
     pub timings: LeaseTimings,
     pub ownership: ShardOwnership,
+    pub leadership: Leadership,
     pub metrics: ShardMetrics,
     /// Set once the first round has completed.
     pub ready: Readiness,
@@ -125,6 +129,7 @@ impl CoordinatorState {
         let mut holders: BTreeMap<ShardId, (Holder, &Lease)> = BTreeMap::new();
         let mut live = 1; // ourselves
         let mut own_member: Option<&Lease> = None;
+        let mut leader: Option<(Holder, &Lease)> = None;
         for l in &leases {
             let name = l.metadata.name.as_deref().unwrap_or_default();
             let age = self.tracker.observe(l, started);
@@ -136,6 +141,7 @@ impl CoordinatorState {
                     }
                 }
                 Some(ROLE_MEMBER) if name == member_lease_name(&me) => own_member = Some(l),
+                Some(ROLE_LEADER) if name == LEADER_LEASE_NAME => leader = Some((holder, l)),
                 Some(ROLE_MEMBER) => match holder {
                     Holder::Other(_) => live += 1,
                     // A member gone for several lease periods: clean up after it.
@@ -198,7 +204,40 @@ impl CoordinatorState {
             }
         }
         self.args.metrics.shards_held.set(self.args.ownership.held().len() as i64);
+        self.lead(leader, until).await;
         Ok(())
+    }
+
+    /// Takes or keeps the leader lease when it is free or ours.
+    async fn lead(&self, leader: Option<(Holder, &Lease)>, until: Instant) {
+        let me = &self.args.identity;
+        let d = self.args.timings.lease_duration;
+        let result = match leader {
+            None => self.args.store.create(&lease::new_lease(LEADER_LEASE_NAME, ROLE_LEADER, me, d)).await,
+            Some((Holder::Me, l)) => self.args.store.update(&lease::renewed(l, d)).await,
+            Some((Holder::Free | Holder::Missing, l)) => self.args.store.update(&lease::acquired(l, me, d)).await,
+            Some((Holder::Other(_), _)) => return,
+        };
+        match result {
+            Ok(_) => {
+                if !self.args.leadership.is_leader() {
+                    info!("became leader");
+                }
+                self.args.leadership.grant(until);
+                self.set_leader_metrics(true);
+            }
+            Err(LeaseError::Conflict(_)) => {}
+            Err(e) => {
+                self.args.metrics.lease_errors.with_label_values(&["leader"]).inc();
+                warn!(error = %e, "leader lease write failed");
+            }
+        }
+    }
+
+    fn set_leader_metrics(&self, leading: bool) {
+        let v = i64::from(leading);
+        self.args.metrics.is_leader.set(v);
+        self.args.metrics.leader_status.with_label_values(&[LEADER_LEASE_NAME]).set(v);
     }
 
     async fn write(&self, s: ShardId, lease: Option<Lease>) -> Result<(), LeaseError> {
@@ -232,8 +271,12 @@ impl CoordinatorState {
         }
     }
 
-    /// Shards whose renew deadline passed without a renewal are lost.
+    /// Shards (and leadership) whose renew deadline passed without a renewal are lost.
     fn expire_lapsed(&self) {
+        if self.args.leadership.take_lapsed(Instant::now()) {
+            warn!("renew deadline passed; leadership lost");
+            self.set_leader_metrics(false);
+        }
         for s in self.args.ownership.take_lapsed(Instant::now()) {
             warn!(shard = s.0, "renew deadline passed; shard lost");
             self.args.metrics.shard_handoffs.with_label_values(&["lost"]).inc();
@@ -248,6 +291,9 @@ impl CoordinatorState {
         let held = self.args.ownership.held();
         for s in &held {
             self.give_up(*s, "released");
+        }
+        if self.args.leadership.revoke() {
+            self.set_leader_metrics(false);
         }
         let leases = match self.args.store.list().await {
             Ok(l) => l,

@@ -22,6 +22,12 @@ async fn shard_holders(leases: &Api<Lease>) -> BTreeMap<String, usize> {
     by_holder
 }
 
+/// Holder of the leader lease, if any.
+async fn leader(leases: &Api<Lease>) -> Option<String> {
+    let l = leases.get_opt("kruise-manager").await.expect("get leader lease")?;
+    l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty())
+}
+
 fn split(counts: &BTreeMap<String, usize>) -> Vec<usize> {
     let mut v: Vec<usize> = counts.values().copied().collect();
     v.sort();
@@ -52,6 +58,17 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
         let held = shard_holders(&leases).await.get(&r.identity).copied().unwrap_or(0) as f64;
         eventually(Duration::from_secs(10), "each replica's kruise_shards_held to match its leases", || async {
             r.metric("kruise_shards_held").await == Some(held)
+        })
+        .await;
+    }
+
+    // Exactly one leader, and only it says so.
+    eventually(Duration::from_secs(20), "one replica to lead", || async { leader(&leases).await.is_some() }).await;
+    let first_leader = leader(&leases).await.expect("a leader");
+    for r in &replicas {
+        let expected = if r.identity == first_leader { 1.0 } else { 0.0 };
+        eventually(Duration::from_secs(10), "kruise_manager_is_leader to match the leader lease", || async {
+            r.metric("kruise_manager_is_leader").await == Some(expected)
         })
         .await;
     }
@@ -91,6 +108,12 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
     );
     eventually(Duration::from_secs(10), "the survivor's metric to show 32 shards", || async {
         replicas[0].metric("kruise_shards_held").await == Some(32.0)
+    })
+    .await;
+    // Whoever led before, the survivor leads now.
+    eventually(Duration::from_secs(30), "the survivor to lead", || async {
+        leader(&leases).await.as_deref() == Some(replicas[0].identity.as_str())
+            && replicas[0].metric("kruise_manager_is_leader").await == Some(1.0)
     })
     .await;
 }
