@@ -9,6 +9,7 @@ pub mod lease;
 pub mod logging;
 pub mod merge_patch;
 pub mod metrics;
+pub mod namespace_actor;
 pub mod ownership;
 pub mod shard;
 pub mod shard_coordinator;
