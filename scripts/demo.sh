@@ -87,7 +87,7 @@ kubectl get leases -n kruise-system -l kruise.io/lease-role=shard \
 echo
 for i in $(seq 0 $((REPLICAS - 1))); do
   echo "kruise-manager-$i  http://127.0.0.1:1808$i/metrics:"
-  curl -fsS "http://127.0.0.1:1808$i/metrics" | grep -E '^kruise_(shards_held|manager_live_replicas) ' | sed 's/^/    /'
+  curl -fsS "http://127.0.0.1:1808$i/metrics" | grep -E '^kruise_(shards_held|manager_live_replicas|manager_is_leader) ' | sed 's/^/    /'
 done
 echo "kruise-daemon  http://127.0.0.1:10221/metrics:"
 curl -fsS http://127.0.0.1:10221/metrics | grep -E '^kruise_daemon_nodes_served ' | sed 's/^/    /'

@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
         (Some(node), false) if !node.is_empty() => watcher::Config::default().fields(&format!("metadata.name={node}")),
         _ => bail!("NODE_NAME (or --node-name) is required unless --simulated is set"),
     };
-    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
+    let (client, _host) = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
         .await
         .context("connecting to the Kubernetes API")?;
 

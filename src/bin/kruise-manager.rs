@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use ractor::Actor;
 
+use kruise::runtime::api_writer::{WriterArgs, WriterMetrics};
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::lease::{LeaseStore, LeaseTimings};
@@ -15,7 +16,7 @@ use kruise::runtime::metrics::{MetricsRegistry, ShardMetrics};
 use kruise::runtime::ownership::{Leadership, ShardOwnership};
 use kruise::runtime::shard::ShardSpace;
 use kruise::runtime::shard_coordinator::{CoordinatorArgs, RELEASE_TIMEOUT};
-use kruise::runtime::supervisor::{ManagerSupervisor, SupervisorMsg};
+use kruise::runtime::supervisor::{ManagerArgs, ManagerSupervisor, SupervisorMsg};
 
 /// Flags follow upstream kruise-manager's names and defaults where it has them.
 #[derive(Parser, Debug)]
@@ -50,6 +51,12 @@ struct Flags {
     /// How often leases are renewed and free shards looked for.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     leader_election_retry_period: Duration,
+    /// API writes per second this replica may make (upstream: --rest-config-qps).
+    #[arg(long, alias = "rest-config-qps", default_value_t = 30.0)]
+    kube_api_qps: f64,
+    /// Writes this replica may make at once above the rate (upstream: --rest-config-burst).
+    #[arg(long, alias = "rest-config-burst", default_value_t = 50)]
+    kube_api_burst: u32,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -97,13 +104,15 @@ async fn main() -> anyhow::Result<()> {
         retry_period: flags.leader_election_retry_period,
     }
     .validate()?;
+    kruise::runtime::api_writer::check_rate_limit(flags.kube_api_qps, flags.kube_api_burst)?;
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
-    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
+    let (client, host) = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
         .await
         .context("connecting to the Kubernetes API")?;
 
     let registry = MetricsRegistry::new();
     let metrics = ShardMetrics::register(&registry)?;
+    let writer_metrics = WriterMetrics::register(&registry)?;
     let ready = Readiness::default();
     let ownership = ShardOwnership::default();
     http::serve(flags.metrics_addr, http::router(registry.clone(), ready.clone())).await?;
@@ -111,7 +120,14 @@ async fn main() -> anyhow::Result<()> {
         http::serve(flags.health_probe_addr, http::router(registry, ready.clone())).await?;
     }
 
-    let args = CoordinatorArgs {
+    let writer = WriterArgs {
+        client: client.clone(),
+        qps: flags.kube_api_qps,
+        burst: flags.kube_api_burst,
+        host,
+        metrics: writer_metrics,
+    };
+    let coordinator = CoordinatorArgs {
         store: LeaseStore::new(client, &flags.leader_election_namespace),
         identity: identity.clone(),
         space,
@@ -121,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         ready,
     };
+    let args = ManagerArgs { coordinator, writer };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
         .context("starting the actor tree")?;

@@ -124,6 +124,7 @@ impl WriterMetrics {
     }
 }
 
+#[derive(Clone)]
 pub struct WriterArgs {
     pub client: Client,
     /// Requests per second and burst for this replica.
@@ -156,6 +157,11 @@ pub struct WriterState {
 pub struct BadRateLimit {
     qps: f64,
     burst: u32,
+}
+
+/// Checks `--kube-api-qps` / `--kube-api-burst` before anything starts.
+pub fn check_rate_limit(qps: f64, burst: u32) -> Result<(), BadRateLimit> {
+    quota(qps, burst).map(|_| ())
 }
 
 fn quota(qps: f64, burst: u32) -> Result<Quota, BadRateLimit> {

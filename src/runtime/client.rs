@@ -16,8 +16,8 @@ pub enum ClientError {
 }
 
 /// A client from `--kubeconfig` when given, else the usual inference (in-cluster service account,
-/// `KUBECONFIG`, `~/.kube/config`).
-pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
+/// `KUBECONFIG`, `~/.kube/config`), with the API server's host (for metrics labels).
+pub async fn connect(kubeconfig: Option<&Path>) -> Result<(Client, String), ClientError> {
     let config = match kubeconfig {
         Some(path) => {
             let err = |message: String| ClientError::Kubeconfig { path: path.display().to_string(), message };
@@ -28,5 +28,6 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
         }
         None => kube::Config::infer().await?,
     };
-    Ok(Client::try_from(config)?)
+    let host = config.cluster_url.host().unwrap_or_default().to_string();
+    Ok((Client::try_from(config)?, host))
 }

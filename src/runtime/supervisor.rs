@@ -1,15 +1,20 @@
-//! ManagerSupervisor: the root of the manager's actor tree. It restarts a failed child with
-//! exponential back-off (ractor's default would be to stop itself) and, on shutdown, lets the
-//! ShardCoordinator release its leases before the process exits.
+//! ManagerSupervisor: the root of the manager's actor tree. It restarts a failed child (the
+//! ShardCoordinator, the ApiWriter) with exponential back-off, each child its own (ractor's
+//! default would be to stop itself), and on shutdown lets the ShardCoordinator release its leases
+//! before the process exits.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
-
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
+use super::api_writer::{ApiWriter, WriterArgs, WriterMsg};
 use super::shard_coordinator::{CoordinatorArgs, CoordinatorMsg, RELEASE_TIMEOUT, ShardCoordinator};
+
+/// The name the ApiWriter is registered under: `ractor::registry::where_is(API_WRITER)`.
+pub const API_WRITER: &str = "api-writer";
 
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -38,61 +43,98 @@ impl RestartBackoff {
     }
 }
 
+/// The children the supervisor keeps alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Child {
+    Coordinator,
+    Writer,
+}
+
 pub enum SupervisorMsg {
-    /// Restart the coordinator (sent to ourselves after a back-off).
-    StartCoordinator,
+    /// (Re)start a child (sent to ourselves after a back-off).
+    Start(Child),
     /// Release every lease, stop the children, then stop.
     Shutdown(RpcReplyPort<()>),
 }
 
+pub struct ManagerArgs {
+    pub coordinator: CoordinatorArgs,
+    pub writer: WriterArgs,
+}
+
+struct Running {
+    cell: ActorCell,
+    started_at: Instant,
+}
+
 pub struct SupervisorState {
-    coordinator_args: CoordinatorArgs,
-    coordinator: Option<ActorRef<CoordinatorMsg>>,
-    started_at: Option<Instant>,
-    backoff: RestartBackoff,
+    args: ManagerArgs,
+    running: HashMap<Child, Running>,
+    by_id: HashMap<ActorId, Child>,
+    backoff: HashMap<Child, RestartBackoff>,
     shutting_down: bool,
 }
 
 pub struct ManagerSupervisor;
 
-impl ManagerSupervisor {
-    async fn start_coordinator(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
-        match Actor::spawn_linked(None, ShardCoordinator, state.coordinator_args.clone(), myself.get_cell()).await {
-            Ok((actor, _)) => {
-                state.coordinator = Some(actor);
-                state.started_at = Some(Instant::now());
+impl SupervisorState {
+    async fn start(&mut self, myself: &ActorRef<SupervisorMsg>, child: Child) {
+        let spawned = match child {
+            Child::Coordinator => {
+                Actor::spawn_linked(None, ShardCoordinator, self.args.coordinator.clone(), myself.get_cell())
+                    .await
+                    .map(|(a, _)| a.get_cell())
+            }
+            Child::Writer => {
+                Actor::spawn_linked(Some(API_WRITER.into()), ApiWriter, self.args.writer.clone(), myself.get_cell())
+                    .await
+                    .map(|(a, _)| a.get_cell())
+            }
+        };
+        match spawned {
+            Ok(cell) => {
+                self.by_id.insert(cell.get_id(), child);
+                self.running.insert(child, Running { cell, started_at: Instant::now() });
             }
             Err(e) => {
-                error!(error = %e, "could not start the shard coordinator");
-                Self::restart_later(myself, state);
+                error!(?child, error = %e, "could not start child");
+                self.restart_later(myself, child, None);
             }
         }
     }
 
-    fn restart_later(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
-        let delay = state.backoff.delay(state.started_at.take().map(|t| t.elapsed()));
-        myself.send_after(delay, || SupervisorMsg::StartCoordinator);
+    fn restart_later(&mut self, myself: &ActorRef<SupervisorMsg>, child: Child, ran_for: Option<Duration>) {
+        let delay = self.backoff.entry(child).or_default().delay(ran_for);
+        myself.send_after(delay, move || SupervisorMsg::Start(child));
+    }
+
+    /// The child `who` was, forgotten as running.
+    fn forget(&mut self, who: &ActorCell) -> Option<(Child, Duration)> {
+        let child = self.by_id.remove(&who.get_id())?;
+        let ran_for = self.running.remove(&child).map(|r| r.started_at.elapsed()).unwrap_or_default();
+        Some((child, ran_for))
     }
 }
 
 impl Actor for ManagerSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = CoordinatorArgs;
+    type Arguments = ManagerArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: CoordinatorArgs,
+        args: ManagerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
-            coordinator_args: args,
-            coordinator: None,
-            started_at: None,
-            backoff: RestartBackoff::default(),
+            args,
+            running: HashMap::new(),
+            by_id: HashMap::new(),
+            backoff: HashMap::new(),
             shutting_down: false,
         };
-        Self::start_coordinator(&myself, &mut state).await;
+        state.start(&myself, Child::Writer).await;
+        state.start(&myself, Child::Coordinator).await;
         Ok(state)
     }
 
@@ -103,16 +145,24 @@ impl Actor for ManagerSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::StartCoordinator if !state.shutting_down => Self::start_coordinator(&myself, state).await,
-            SupervisorMsg::StartCoordinator => {}
+            SupervisorMsg::Start(child) if !state.shutting_down && !state.running.contains_key(&child) => {
+                state.start(&myself, child).await
+            }
+            SupervisorMsg::Start(_) => {}
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
-                if let Some(c) = state.coordinator.take() {
-                    let released = ractor::call_t!(c, CoordinatorMsg::Release, RELEASE_TIMEOUT.as_millis() as u64);
+                if let Some(c) = state.running.remove(&Child::Coordinator) {
+                    let coordinator: ActorRef<CoordinatorMsg> = c.cell.into();
+                    let released =
+                        ractor::call_t!(coordinator, CoordinatorMsg::Release, RELEASE_TIMEOUT.as_millis() as u64);
                     if let Err(e) = released {
                         warn!(error = %e, "the shard coordinator did not release its leases in time");
-                        c.stop(None);
+                        coordinator.stop(None);
                     }
+                }
+                if let Some(w) = state.running.remove(&Child::Writer) {
+                    let writer: ActorRef<WriterMsg> = w.cell.into();
+                    writer.stop(Some("shutdown".into()));
                 }
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
@@ -129,17 +179,23 @@ impl Actor for ManagerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(who, err) => {
-                error!(actor = %who.get_id(), error = %err, "child failed; restarting after back-off");
-                state.coordinator = None;
-                Self::restart_later(&myself, state);
+                if let Some((child, ran_for)) = state.forget(&who) {
+                    error!(?child, error = %err, "child failed; restarting after back-off");
+                    if !state.shutting_down {
+                        state.restart_later(&myself, child, Some(ran_for));
+                    }
+                }
             }
-            SupervisionEvent::ActorTerminated(who, _, reason) if !state.shutting_down => {
-                warn!(actor = %who.get_id(), ?reason, "child stopped unexpectedly; restarting after back-off");
-                state.coordinator = None;
-                Self::restart_later(&myself, state);
+            SupervisionEvent::ActorTerminated(who, _, reason) => {
+                if let Some((child, ran_for)) = state.forget(&who)
+                    && !state.shutting_down
+                {
+                    warn!(?child, ?reason, "child stopped unexpectedly; restarting after back-off");
+                    state.restart_later(&myself, child, Some(ran_for));
+                }
             }
-            SupervisionEvent::ActorStarted(_) => {
-                info!("shard coordinator started");
+            SupervisionEvent::ActorStarted(who) => {
+                info!(actor = %who.get_id(), "child started");
             }
             _ => {}
         }

@@ -62,6 +62,11 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
         .await;
     }
 
+    // Every replica runs its ApiWriter (nothing to write yet).
+    for r in &replicas {
+        assert_eq!(r.metric("kruise_writer_queue_depth").await, Some(0.0), "{} runs no ApiWriter", r.identity);
+    }
+
     // Exactly one leader, and only it says so.
     eventually(Duration::from_secs(20), "one replica to lead", || async { leader(&leases).await.is_some() }).await;
     let first_leader = leader(&leases).await.expect("a leader");
@@ -116,4 +121,18 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
             && replicas[0].metric("kruise_manager_is_leader").await == Some(1.0)
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_bad_rate_limit_stops_the_manager_with_a_clear_error() {
+    let tc = test_cluster().await;
+    let ns = TestNamespace::create(&tc, "bad-flags").await;
+    let mut m = ManagerProcess::start(tc.cp, &ns.name, "bad-qps", &["--kube-api-qps=0"]);
+    eventually(Duration::from_secs(20), "the manager to exit", || {
+        let exited = m.process.check_running().is_err();
+        async move { exited }
+    })
+    .await;
+    let log = std::fs::read_to_string(&m.process.log).expect("manager log");
+    assert!(log.contains("invalid rate limit: qps 0 and burst 50 must both be positive"), "{log}");
 }
