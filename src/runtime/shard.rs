@@ -102,6 +102,49 @@ impl ShardSpace {
     }
 }
 
+/// The field Kubernetes' sharded list/watch hashes for namespaced objects.
+pub const NAMESPACE_FIELD: &str = "object.metadata.namespace";
+
+impl HashRange {
+    /// `'0x…'` bounds as the API server's shardRange() takes them: 16 hex digits, or
+    /// `0x10000000000000000` for the exclusive end 2^64.
+    fn hex(v: u128) -> String {
+        if v == 1u128 << 64 { "0x10000000000000000".to_string() } else { format!("0x{v:016x}") }
+    }
+}
+
+impl ShardSpace {
+    /// A `shardSelector` for list/watch requests covering `shards` (KEP-5866, ShardedListAndWatch):
+    /// one `shardRange(object.metadata.namespace, start, end)` per run of adjacent shards, joined
+    /// by `||`. `None` for no shards (nothing to watch). The server supports only
+    /// `object.metadata.namespace` and `object.metadata.uid`, so cluster-scoped objects keyed by
+    /// name (NodePodProbe, NodeImage) must be filtered on the client.
+    pub fn selector(&self, shards: &[ShardId]) -> Option<String> {
+        let mut sorted: Vec<u32> = shards.iter().map(|s| s.0).filter(|s| *s < self.count).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        for s in sorted {
+            match ranges.last_mut() {
+                Some((_, end)) if *end + 1 == s => *end = s,
+                _ => ranges.push((s, s)),
+            }
+        }
+        if ranges.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = ranges
+            .iter()
+            .map(|(first, last)| {
+                let start = u128::from(self.range(ShardId(*first)).start);
+                let end = self.range(ShardId(*last)).end;
+                format!("shardRange({NAMESPACE_FIELD}, '{}', '{}')", HashRange::hex(start), HashRange::hex(end))
+            })
+            .collect();
+        Some(parts.join(" || "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +191,21 @@ mod tests {
                 assert!(space.range(s).contains(h), "hash {h:#x} -> shard {s} of {count}, range {:?}", space.range(s));
             }
         }
+    }
+
+    #[test]
+    fn selectors_merge_adjacent_shards_into_ranges() {
+        let space = ShardSpace::new(4).unwrap();
+        assert_eq!(space.selector(&[]), None);
+        assert_eq!(
+            space.selector(&[ShardId(0), ShardId(1)]).unwrap(),
+            "shardRange(object.metadata.namespace, '0x0000000000000000', '0x8000000000000000')"
+        );
+        assert_eq!(
+            space.selector(&[ShardId(3), ShardId(0), ShardId(3)]).unwrap(),
+            "shardRange(object.metadata.namespace, '0x0000000000000000', '0x4000000000000000') || \
+             shardRange(object.metadata.namespace, '0xc000000000000000', '0x10000000000000000')"
+        );
     }
 
     #[test]

@@ -338,6 +338,11 @@ impl ControlPlane {
         .await
     }
 
+    /// The kube-apiserver feature gates this control plane runs with.
+    pub fn feature_gates(&self) -> &[String] {
+        &self.config.feature_gates
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }

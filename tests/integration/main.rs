@@ -6,5 +6,6 @@ mod support;
 
 mod crds;
 mod harness;
+mod sharding;
 mod shards;
 mod writer;
