@@ -14,5 +14,6 @@ pub mod ownership;
 pub mod shard;
 pub mod shard_coordinator;
 pub mod shard_plan;
+pub mod sharded_watch;
 pub mod supervisor;
 pub mod work_queue;

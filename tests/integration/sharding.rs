@@ -9,6 +9,7 @@ use kube::api::{ObjectMeta, PostParams};
 use serde_json::Value;
 
 use kruise::runtime::shard::{ShardId, ShardSpace};
+use kruise::runtime::sharded_watch::{ShardedWatch, WatchUpdate};
 
 use crate::support::{TestNamespace, test_cluster};
 
@@ -85,4 +86,71 @@ async fn the_servers_shard_ranges_match_ours() {
     assert_eq!(seen, all, "every namespace lands in exactly one shard");
     // Several shards in one selector: ranges joined by ||.
     assert!(space.selector(&[ShardId(0), ShardId(2)]).expect("selector").contains(" || "));
+}
+
+#[tokio::test]
+async fn a_sharded_watch_delivers_exactly_its_shards_objects() {
+    let tc = test_cluster().await;
+    let run = format!("w{:x}", std::process::id());
+    let space = ShardSpace::new(4).expect("space");
+    let mine = vec![ShardId(0), ShardId(1)];
+    let gate_on = tc.cp.feature_gates().iter().any(|g| g == "ShardedListAndWatch=true");
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let watch = ShardedWatch {
+        client: tc.client.clone(),
+        url_path: "/api/v1/configmaps".into(),
+        space,
+        shards: mine.clone(),
+        label_selector: Some(format!("kruise-sharded-watch={run}")),
+    };
+    let task = tokio::spawn(watch.run::<ConfigMap>(tx));
+    match rx.recv().await.expect("the initial list") {
+        WatchUpdate::Listed { objects, server_filtered } => {
+            assert!(objects.is_empty(), "nothing labelled yet");
+            assert_eq!(server_filtered, gate_on, "the server filters exactly when the gate is on");
+        }
+        _ => panic!("a watch starts with a list"),
+    }
+
+    // ConfigMaps in 12 namespaces; only those whose namespace hashes into shards 0-1 must arrive.
+    let mut expected = BTreeSet::new();
+    let mut namespaces = Vec::new();
+    for i in 0..12 {
+        let ns = TestNamespace::create(&tc, &format!("watch{i}")).await;
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("probe".into()),
+                labels: Some(BTreeMap::from([("kruise-sharded-watch".to_string(), run.clone())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("cm");
+        if mine.contains(&space.shard_of_key(&ns.name)) {
+            expected.insert(ns.name.clone());
+        }
+        namespaces.push(ns);
+    }
+    assert!(!expected.is_empty() && expected.len() < 12, "the 12 namespaces straddle the shards: {expected:?}");
+
+    let mut received = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while received != expected {
+        let update = tokio::time::timeout_at(deadline, rx.recv()).await.expect("updates in time").expect("watch alive");
+        let cm = match update {
+            WatchUpdate::Applied(cm) | WatchUpdate::Deleted(cm) => cm,
+            WatchUpdate::Listed { objects, .. } => {
+                received.extend(objects.iter().filter_map(|o| o.metadata.namespace.clone()));
+                continue;
+            }
+        };
+        let ns = cm.metadata.namespace.clone().unwrap_or_default();
+        assert!(expected.contains(&ns), "received {ns}, which is not in shards {mine:?}");
+        received.insert(ns);
+    }
+    task.abort();
 }
