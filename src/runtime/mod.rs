@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod namespace_actor;
 pub mod ownership;
 pub mod shard;
+pub mod shard_actor;
 pub mod shard_coordinator;
 pub mod shard_plan;
 pub mod sharded_watch;
