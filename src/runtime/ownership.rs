@@ -26,12 +26,13 @@ impl ShardOwnership {
         self.read().iter().filter(|(_, until)| **until > now).map(|(s, _)| *s).collect()
     }
 
-    pub(crate) fn grant(&self, shard: ShardId, until: Instant) {
+    /// Records `shard` as held until `until` (the coordinator does this on each renewal).
+    pub fn grant(&self, shard: ShardId, until: Instant) {
         self.write().insert(shard, until);
     }
 
     /// Removes `shard`; true if it was recorded (held or lapsed).
-    pub(crate) fn revoke(&self, shard: ShardId) -> bool {
+    pub fn revoke(&self, shard: ShardId) -> bool {
         self.write().remove(&shard).is_some()
     }
 

@@ -154,3 +154,125 @@ async fn a_sharded_watch_delivers_exactly_its_shards_objects() {
     }
     task.abort();
 }
+
+mod hub {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Api;
+    use kube::api::{ObjectMeta, PostParams};
+    use ractor::Actor;
+
+    use kruise::runtime::metrics::MetricsRegistry;
+    use kruise::runtime::namespace_actor::{Action, NamespaceArgs, ReconcileError, ReconcileMetrics, Reconciler};
+    use kruise::runtime::ownership::ShardOwnership;
+    use kruise::runtime::shard::{ShardId, ShardSpace};
+    use kruise::runtime::watch_hub::{HubArgs, WatchHub, WatchSpec};
+    use kruise::runtime::work_queue::{Backoff, WorkQueueMetrics};
+
+    use crate::support::{TestNamespace, test_cluster};
+
+    struct Recorder(Arc<Mutex<BTreeSet<String>>>);
+
+    impl Reconciler for Recorder {
+        fn name(&self) -> &'static str {
+            "demo"
+        }
+        fn reconcile(&self, ns: &str, _name: &str) -> BoxFuture<'static, Result<Action, ReconcileError>> {
+            self.0.lock().unwrap().insert(ns.to_string());
+            Box::pin(async { Ok(Action::Done) })
+        }
+    }
+
+    async fn config_map(client: &kube::Client, ns: &str, run: &str) {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("probe".into()),
+                labels: Some([("kruise-hub-test".to_string(), run.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.expect("cm");
+    }
+
+    #[tokio::test]
+    async fn changes_reach_the_reconciler_only_for_held_shards() {
+        let tc = test_cluster().await;
+        let run = format!("h{:x}", std::process::id());
+        let space = ShardSpace::new(4).expect("space");
+        let ownership = ShardOwnership::default();
+        let forever = tokio::time::Instant::now() + Duration::from_secs(3600);
+        ownership.grant(ShardId(0), forever);
+        ownership.grant(ShardId(1), forever);
+
+        let reconciled = Arc::new(Mutex::new(BTreeSet::new()));
+        let registry = MetricsRegistry::new();
+        let reconciler: Arc<dyn Reconciler> = Arc::new(Recorder(reconciled.clone()));
+        let args = HubArgs {
+            client: tc.client.clone(),
+            space,
+            ownership: ownership.clone(),
+            watches: vec![WatchSpec {
+                controller: "demo",
+                url_path: "/api/v1/configmaps".into(),
+                label_selector: Some(format!("kruise-hub-test={run}")),
+            }],
+            namespace_template: NamespaceArgs {
+                namespace: String::new(),
+                reconcilers: Arc::new(HashMap::from([("demo", reconciler)])),
+                concurrency: 4,
+                backoff: Backoff::default(),
+                idle_timeout: Duration::from_secs(30),
+                reconcile_metrics: ReconcileMetrics::register(&registry).expect("metrics"),
+                queue_metrics: WorkQueueMetrics::register(&registry).expect("metrics"),
+            },
+            sync_period: Duration::from_millis(200),
+        };
+        let (hub, _) = Actor::spawn(None, WatchHub, args).await.expect("hub");
+
+        let mut held_namespaces = BTreeSet::new();
+        let mut other_namespaces = Vec::new();
+        let mut keep = Vec::new();
+        // Namespace names are random: make enough that every shard has at least one.
+        let mut per_shard = [0usize; 4];
+        let mut i = 0;
+        while i < 12 || per_shard.contains(&0) {
+            assert!(i < 80, "80 random namespaces left a shard empty: {per_shard:?}");
+            let ns = TestNamespace::create(&tc, &format!("hub{i}")).await;
+            config_map(&tc.client, &ns.name, &run).await;
+            let shard = space.shard_of_key(&ns.name).0;
+            per_shard[shard as usize] += 1;
+            match shard {
+                0 | 1 => {
+                    held_namespaces.insert(ns.name.clone());
+                }
+                _ => other_namespaces.push(ns.name.clone()),
+            }
+            keep.push(ns);
+            i += 1;
+        }
+        crate::support::eventually(Duration::from_secs(30), "every held namespace reconciled", || async {
+            reconciled.lock().unwrap().is_superset(&held_namespaces)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = reconciled.lock().unwrap().clone();
+        assert_eq!(got, held_namespaces, "nothing outside shards 0-1 is reconciled");
+
+        // Take a shard over: the hub notices, re-watches, and the new shard's objects arrive.
+        let newly =
+            other_namespaces.iter().filter(|ns| space.shard_of_key(ns) == ShardId(2)).cloned().collect::<BTreeSet<_>>();
+        ownership.grant(ShardId(2), forever);
+        crate::support::eventually(
+            Duration::from_secs(30),
+            "shard 2's namespaces reconciled after taking it",
+            || async { reconciled.lock().unwrap().is_superset(&newly) },
+        )
+        .await;
+        hub.stop(None);
+    }
+}
