@@ -2,4 +2,5 @@
 //! actor-based Kubernetes controller. See `docs/design.md`.
 
 pub mod api;
+pub mod controllers;
 pub mod runtime;

@@ -1,22 +1,28 @@
 //! kruise-manager: parses flags, starts the actor tree and the HTTP endpoints, and on SIGTERM or
 //! SIGINT releases its shards before exiting.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use ractor::Actor;
 
+use kruise::controllers::demo::DemoStamper;
 use kruise::runtime::api_writer::{WriterArgs, WriterMetrics};
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::lease::{LeaseStore, LeaseTimings};
 use kruise::runtime::metrics::{MetricsRegistry, ShardMetrics};
+use kruise::runtime::namespace_actor::{NamespaceArgs, ReconcileMetrics, Reconciler};
 use kruise::runtime::ownership::{Leadership, ShardOwnership};
 use kruise::runtime::shard::ShardSpace;
 use kruise::runtime::shard_coordinator::{CoordinatorArgs, RELEASE_TIMEOUT};
 use kruise::runtime::supervisor::{ManagerArgs, ManagerSupervisor, SupervisorMsg};
+use kruise::runtime::watch_hub::HubArgs;
+use kruise::runtime::work_queue::{Backoff, WorkQueueMetrics};
 
 /// Flags follow upstream kruise-manager's names and defaults where it has them.
 #[derive(Parser, Debug)]
@@ -57,6 +63,13 @@ struct Flags {
     /// Writes this replica may make at once above the rate (upstream: --rest-config-burst).
     #[arg(long, alias = "rest-config-burst", default_value_t = 50)]
     kube_api_burst: u32,
+    /// Run the demo controller (stamps ConfigMaps labelled kruise.io/demo=true), which proves the
+    /// sharded runtime end to end.
+    #[arg(long)]
+    demo_controller: bool,
+    /// Reconciles running at once per namespace.
+    #[arg(long, default_value_t = 3)]
+    namespace_concurrency: usize,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -113,6 +126,8 @@ async fn main() -> anyhow::Result<()> {
     let registry = MetricsRegistry::new();
     let metrics = ShardMetrics::register(&registry)?;
     let writer_metrics = WriterMetrics::register(&registry)?;
+    let reconcile_metrics = ReconcileMetrics::register(&registry)?;
+    let queue_metrics = WorkQueueMetrics::register(&registry)?;
     let ready = Readiness::default();
     let ownership = ShardOwnership::default();
     http::serve(flags.metrics_addr, http::router(registry.clone(), ready.clone())).await?;
@@ -127,6 +142,30 @@ async fn main() -> anyhow::Result<()> {
         host,
         metrics: writer_metrics,
     };
+    // Controllers, each with the resources it watches.
+    let mut reconcilers: HashMap<&'static str, Arc<dyn Reconciler>> = HashMap::new();
+    let mut watches = Vec::new();
+    if flags.demo_controller {
+        let demo = DemoStamper { identity: identity.clone(), space, ownership: ownership.clone() };
+        reconcilers.insert(demo.name(), Arc::new(demo));
+        watches.push(kruise::controllers::demo::watch_spec());
+    }
+    let hub = (!watches.is_empty()).then(|| HubArgs {
+        client: client.clone(),
+        space,
+        ownership: ownership.clone(),
+        watches,
+        namespace_template: NamespaceArgs {
+            namespace: String::new(),
+            reconcilers: Arc::new(reconcilers),
+            concurrency: flags.namespace_concurrency.max(1),
+            backoff: Backoff::default(),
+            idle_timeout: Duration::from_secs(300),
+            reconcile_metrics,
+            queue_metrics,
+        },
+        sync_period: Duration::from_millis(500),
+    });
     let coordinator = CoordinatorArgs {
         store: LeaseStore::new(client, &flags.leader_election_namespace),
         identity: identity.clone(),
@@ -137,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         ready,
     };
-    let args = ManagerArgs { coordinator, writer };
+    let args = ManagerArgs { coordinator, writer, hub };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
         .context("starting the actor tree")?;

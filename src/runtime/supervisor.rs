@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use super::api_writer::{ApiWriter, WriterArgs, WriterMsg};
 use super::shard_coordinator::{CoordinatorArgs, CoordinatorMsg, RELEASE_TIMEOUT, ShardCoordinator};
+use super::watch_hub::{HubArgs, WatchHub};
 
 /// The name the ApiWriter is registered under: `ractor::registry::where_is(API_WRITER)`.
 pub const API_WRITER: &str = "api-writer";
@@ -48,6 +49,8 @@ impl RestartBackoff {
 pub enum Child {
     Coordinator,
     Writer,
+    /// Only when there are controllers to feed.
+    Hub,
 }
 
 pub enum SupervisorMsg {
@@ -60,6 +63,7 @@ pub enum SupervisorMsg {
 pub struct ManagerArgs {
     pub coordinator: CoordinatorArgs,
     pub writer: WriterArgs,
+    pub hub: Option<HubArgs>,
 }
 
 struct Running {
@@ -90,6 +94,12 @@ impl SupervisorState {
                     .await
                     .map(|(a, _)| a.get_cell())
             }
+            Child::Hub => match self.args.hub.clone() {
+                Some(args) => {
+                    Actor::spawn_linked(None, WatchHub, args, myself.get_cell()).await.map(|(a, _)| a.get_cell())
+                }
+                None => return,
+            },
         };
         match spawned {
             Ok(cell) => {
@@ -135,6 +145,7 @@ impl Actor for ManagerSupervisor {
         };
         state.start(&myself, Child::Writer).await;
         state.start(&myself, Child::Coordinator).await;
+        state.start(&myself, Child::Hub).await;
         Ok(state)
     }
 
@@ -151,6 +162,10 @@ impl Actor for ManagerSupervisor {
             SupervisorMsg::Start(_) => {}
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
+                if let Some(h) = state.running.remove(&Child::Hub) {
+                    // Stop reconciling first, then give the shards away.
+                    h.cell.stop(Some("shutdown".into()));
+                }
                 if let Some(c) = state.running.remove(&Child::Coordinator) {
                     let coordinator: ActorRef<CoordinatorMsg> = c.cell.into();
                     let released =

@@ -32,6 +32,7 @@ pub struct WatchSpec {
     pub label_selector: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct HubArgs {
     pub client: Client,
     pub space: ShardSpace,

@@ -136,3 +136,128 @@ async fn a_bad_rate_limit_stops_the_manager_with_a_clear_error() {
     let log = std::fs::read_to_string(&m.process.log).expect("manager log");
     assert!(log.contains("invalid rate limit: qps 0 and burst 50 must both be positive"), "{log}");
 }
+
+/// One `demo reconciled` log line: (key, replica, start µs, end µs).
+fn reconciles(log: &str) -> Vec<(String, String, u128, u128)> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let rest = line.split(&format!(" {name}=")).nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    };
+    log.lines()
+        .filter(|l| l.contains("demo reconciled"))
+        .filter_map(|l| {
+            Some((
+                field(l, "key")?,
+                field(l, "identity")?,
+                field(l, "start_us")?.parse().ok()?,
+                field(l, "end_us")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+
+    let tc = test_cluster().await;
+    let lease_ns = TestNamespace::create(&tc, "demo-leases").await;
+    let timing = [
+        "--leader-election-lease-duration=6s",
+        "--leader-election-renew-deadline=4s",
+        "--leader-election-retry-period=500ms",
+        "--demo-controller",
+    ];
+    let mut replicas: Vec<ManagerProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|id| ManagerProcess::start(tc.cp, &lease_ns.name, &format!("{}-{id}", lease_ns.name), &timing))
+        .collect();
+    let ids: Vec<String> = replicas.iter().map(|r| r.identity.clone()).collect();
+
+    // 8 namespaces x 3 labelled ConfigMaps, spread over the replicas' shards.
+    let mut namespaces = Vec::new();
+    for i in 0..8 {
+        let ns = TestNamespace::create(&tc, &format!("demo{i}")).await;
+        for j in 0..3 {
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(format!("cm-{j}")),
+                    labels: Some([("kruise.io/demo".to_string(), "true".to_string())].into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
+                .create(&PostParams::default(), &cm)
+                .await
+                .expect("cm");
+        }
+        namespaces.push(ns);
+    }
+    let stamps = || async {
+        let mut out = Vec::new();
+        for ns in &namespaces {
+            // Only the labelled ones: every namespace also has kube-root-ca.crt.
+            for cm in Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
+                .list(&kube::api::ListParams::default().labels("kruise.io/demo=true"))
+                .await
+                .expect("list")
+                .items
+            {
+                out.push(cm.metadata.annotations.and_then(|a| a.get("kruise.io/demo-reconciled-by").cloned()));
+            }
+        }
+        out
+    };
+    eventually(Duration::from_secs(60), "every ConfigMap stamped by a replica", || async {
+        stamps().await.iter().all(|s| s.as_ref().is_some_and(|s| ids.contains(s)))
+    })
+    .await;
+
+    // Crash the replica that stamped the most ConfigMaps (so some keys must move) while every
+    // ConfigMap keeps changing; the survivors take its shards over.
+    let stamped = stamps().await;
+    let busiest = (0..replicas.len())
+        .max_by_key(|i| stamped.iter().filter(|s| s.as_deref() == Some(replicas[*i].identity.as_str())).count())
+        .expect("replicas");
+    let mut crashed = replicas.remove(busiest);
+    crashed.process.kill();
+    for round in 0..5 {
+        for ns in &namespaces {
+            let api = Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name);
+            for j in 0..3 {
+                let patch = serde_json::json!({ "data": { "round": round.to_string() } });
+                api.patch(&format!("cm-{j}"), &PatchParams::default(), &Patch::Merge(&patch)).await.expect("touch");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let survivors: Vec<String> = replicas.iter().map(|r| r.identity.clone()).collect();
+    eventually(Duration::from_secs(60), "every ConfigMap stamped by a surviving replica", || async {
+        stamps().await.iter().all(|s| s.as_ref().is_some_and(|s| survivors.contains(s)))
+    })
+    .await;
+
+    // No key was ever reconciled by two replicas at once.
+    let mut by_key: BTreeMap<String, Vec<(u128, u128, String)>> = BTreeMap::new();
+    for r in replicas.iter().chain(std::iter::once(&crashed)) {
+        let log = std::fs::read_to_string(&r.process.log).expect("log");
+        for (key, id, start, end) in reconciles(&log) {
+            by_key.entry(key).or_default().push((start, end, id));
+        }
+    }
+    assert_eq!(by_key.len(), 24, "every ConfigMap was reconciled: {:?}", by_key.keys());
+    let mut handed_over = 0;
+    for (key, mut runs) in by_key {
+        runs.sort();
+        for w in runs.windows(2) {
+            if w[0].2 != w[1].2 {
+                handed_over += 1;
+                assert!(w[0].1 <= w[1].0, "{key} reconciled by {} and {} at once: {w:?}", w[0].2, w[1].2);
+            }
+        }
+    }
+    eprintln!("{handed_over} keys changed replica");
+    assert!(handed_over > 0, "the crash moved some keys to another replica");
+}

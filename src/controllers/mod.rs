@@ -1,0 +1,3 @@
+//! Controllers: one folder each, pure planning plus the thin glue that plugs into the runtime.
+
+pub mod demo;
