@@ -60,7 +60,7 @@ start() {  # name, then the command
 }
 for i in $(seq 0 $((REPLICAS - 1))); do
   start "kruise-manager-$i" target/debug/kruise-manager --kubeconfig "$KUBECONFIG" --identity "kruise-manager-$i" \
-    --metrics-addr "127.0.0.1:1808$i" --health-probe-addr "127.0.0.1:1800$i"
+    --metrics-addr "127.0.0.1:1808$i" --health-probe-addr "127.0.0.1:1800$i" --demo-controller
 done
 start kruise-daemon target/debug/kruise-daemon --kubeconfig "$KUBECONFIG" --simulated --addr 127.0.0.1:10221
 
@@ -89,6 +89,23 @@ for i in $(seq 0 $((REPLICAS - 1))); do
   echo "kruise-manager-$i  http://127.0.0.1:1808$i/metrics:"
   curl -fsS "http://127.0.0.1:1808$i/metrics" | grep -E '^kruise_(shards_held|manager_live_replicas|manager_is_leader) ' | sed 's/^/    /'
 done
+echo
+echo "==> the demo controller: ConfigMaps labelled kruise.io/demo=true in 6 namespaces" >&2
+for ns in payments search checkout analytics identity media; do
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl create configmap greeting -n "$ns" --from-literal=hello=world --dry-run=client -o yaml |
+      kubectl label --local -f - kruise.io/demo=true -o yaml | kubectl apply -f - >/dev/null
+done
+for _ in $(seq 60); do
+  n=$(kubectl get configmaps -A -l kruise.io/demo=true \
+    -o jsonpath='{range .items[*]}{.metadata.annotations.kruise\.io/demo-reconciled-by}{"\n"}{end}' | grep -c . || true)
+  [[ "$n" == 6 ]] && break
+  sleep 0.5
+done
+echo "Each is stamped by the replica that holds its namespace's shard:"
+kubectl get configmaps -A -l kruise.io/demo=true \
+  -o custom-columns='NAMESPACE:.metadata.namespace,NAME:.metadata.name,RECONCILED-BY:.metadata.annotations.kruise\.io/demo-reconciled-by'
+echo
 echo "kruise-daemon  http://127.0.0.1:10221/metrics:"
 curl -fsS http://127.0.0.1:10221/metrics | grep -E '^kruise_daemon_nodes_served ' | sed 's/^/    /'
 cat <<MSG
