@@ -146,7 +146,9 @@ mod tests {
             reconcilers: Arc::new(HashMap::from([("demo", reconciler)])),
             concurrency: 2,
             backoff: Backoff::default(),
-            idle_timeout: Duration::from_millis(100),
+            // Long enough that the actors are still there when the test counts them, even on a
+            // loaded machine.
+            idle_timeout: Duration::from_millis(600),
             reconcile_metrics: ReconcileMetrics::register(&registry).unwrap(),
             queue_metrics: WorkQueueMetrics::register(&registry).unwrap(),
         };
