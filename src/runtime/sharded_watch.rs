@@ -55,14 +55,18 @@ pub struct ShardedWatch {
     pub label_selector: Option<String>,
 }
 
-fn with_shard_selector(mut req: http::Request<Vec<u8>>, selector: &str) -> http::Request<Vec<u8>> {
-    let encoded: String = selector
-        .bytes()
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters kept).
+pub fn query_escape(s: &str) -> String {
+    s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
+        .collect()
+}
+
+fn with_shard_selector(mut req: http::Request<Vec<u8>>, selector: &str) -> http::Request<Vec<u8>> {
+    let encoded = query_escape(selector);
     let uri = req.uri().to_string();
     let sep = if uri.contains('?') { '&' } else { '?' };
     if let Ok(u) = format!("{uri}{sep}shardSelector={encoded}").parse() {

@@ -1,26 +1,15 @@
 //! Server-side sharding (KEP-5866, gate ShardedListAndWatch): kruise-rs' shard ranges and FNV-1a
 //! namespace hash agree with the API server's, so a replica can ask for exactly its shards.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
 use serde_json::Value;
 
 use kruise::runtime::shard::{ShardId, ShardSpace};
-use kruise::runtime::sharded_watch::{ShardedWatch, WatchUpdate};
+use kruise::runtime::sharded_watch::{ShardedWatch, WatchUpdate, query_escape};
 
-use crate::support::{TestNamespace, test_cluster};
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use crate::support::{TestNamespace, labelled_config_map, test_cluster};
 
 #[tokio::test]
 async fn the_servers_shard_ranges_match_ours() {
@@ -29,18 +18,7 @@ async fn the_servers_shard_ranges_match_ours() {
     let mut namespaces = Vec::new();
     for i in 0..12 {
         let ns = TestNamespace::create(&tc, &format!("shard{i}")).await;
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some("probe".into()),
-                labels: Some(BTreeMap::from([("kruise-sharding-test".to_string(), run.clone())])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("cm");
+        labelled_config_map(&tc.client, &ns.name, "probe", "kruise-sharding-test", &run).await;
         namespaces.push(ns);
     }
     let all: BTreeSet<String> = namespaces.iter().map(|n| n.name.clone()).collect();
@@ -52,8 +30,8 @@ async fn the_servers_shard_ranges_match_ours() {
         let selector = space.selector(&[s]).expect("a selector");
         let path = format!(
             "/api/v1/configmaps?labelSelector={}&shardSelector={}",
-            url_encode(&format!("kruise-sharding-test={run}")),
-            url_encode(&selector)
+            query_escape(&format!("kruise-sharding-test={run}")),
+            query_escape(&selector)
         );
         let req = http::Request::get(path).body(Vec::new()).expect("request");
         let body: Value =
@@ -118,18 +96,7 @@ async fn a_sharded_watch_delivers_exactly_its_shards_objects() {
     let mut namespaces = Vec::new();
     for i in 0..12 {
         let ns = TestNamespace::create(&tc, &format!("watch{i}")).await;
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some("probe".into()),
-                labels: Some(BTreeMap::from([("kruise-sharded-watch".to_string(), run.clone())])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("cm");
+        labelled_config_map(&tc.client, &ns.name, "probe", "kruise-sharded-watch", &run).await;
         if mine.contains(&space.shard_of_key(&ns.name)) {
             expected.insert(ns.name.clone());
         }
@@ -161,9 +128,6 @@ mod hub {
     use std::time::Duration;
 
     use futures::future::BoxFuture;
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::Api;
-    use kube::api::{ObjectMeta, PostParams};
     use ractor::Actor;
 
     use kruise::runtime::metrics::MetricsRegistry;
@@ -173,7 +137,7 @@ mod hub {
     use kruise::runtime::watch_hub::{HubArgs, WatchHub, WatchSpec};
     use kruise::runtime::work_queue::{Backoff, WorkQueueMetrics};
 
-    use crate::support::{TestNamespace, test_cluster};
+    use crate::support::{TestNamespace, labelled_config_map, test_cluster};
 
     struct Recorder(Arc<Mutex<BTreeSet<String>>>);
 
@@ -185,18 +149,6 @@ mod hub {
             self.0.lock().unwrap().insert(ns.to_string());
             Box::pin(async { Ok(Action::Done) })
         }
-    }
-
-    async fn config_map(client: &kube::Client, ns: &str, run: &str) {
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some("probe".into()),
-                labels: Some([("kruise-hub-test".to_string(), run.to_string())].into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<ConfigMap>::namespaced(client.clone(), ns).create(&PostParams::default(), &cm).await.expect("cm");
     }
 
     #[tokio::test]
@@ -243,7 +195,7 @@ mod hub {
         while i < 12 || per_shard.contains(&0) {
             assert!(i < 80, "80 random namespaces left a shard empty: {per_shard:?}");
             let ns = TestNamespace::create(&tc, &format!("hub{i}")).await;
-            config_map(&tc.client, &ns.name, &run).await;
+            labelled_config_map(&tc.client, &ns.name, "probe", "kruise-hub-test", &run).await;
             let shard = space.shard_of_key(&ns.name).0;
             per_shard[shard as usize] += 1;
             match shard {

@@ -159,7 +159,7 @@ fn reconciles(log: &str) -> Vec<(String, String, u128, u128)> {
 #[tokio::test]
 async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+    use kube::api::{Patch, PatchParams};
 
     let tc = test_cluster().await;
     let lease_ns = TestNamespace::create(&tc, "demo-leases").await;
@@ -180,18 +180,8 @@ async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
     for i in 0..8 {
         let ns = TestNamespace::create(&tc, &format!("demo{i}")).await;
         for j in 0..3 {
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(format!("cm-{j}")),
-                    labels: Some([("kruise.io/demo".to_string(), "true".to_string())].into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
-                .create(&PostParams::default(), &cm)
-                .await
-                .expect("cm");
+            crate::support::labelled_config_map(&tc.client, &ns.name, &format!("cm-{j}"), "kruise.io/demo", "true")
+                .await;
         }
         namespaces.push(ns);
     }

@@ -249,3 +249,19 @@ pub async fn install_crds(client: &Client) {
     })
     .await;
 }
+
+/// Creates ConfigMap `name` in `namespace` labelled `label=value`.
+pub async fn labelled_config_map(client: &Client, namespace: &str, name: &str, label: &str, value: &str) {
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([(label.to_string(), value.to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap");
+}
