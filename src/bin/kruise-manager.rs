@@ -150,6 +150,10 @@ async fn main() -> anyhow::Result<()> {
         reconcilers.insert(demo.name(), Arc::new(demo));
         watches.push(kruise::controllers::demo::watch_spec());
     }
+    for name in reconcilers.keys() {
+        reconcile_metrics.init(name);
+    }
+    queue_metrics.init(kruise::runtime::namespace_actor::NAMESPACE_QUEUE);
     let hub = (!watches.is_empty()).then(|| HubArgs {
         client: client.clone(),
         space,

@@ -42,6 +42,9 @@ pub trait Reconciler: Send + Sync + 'static {
     fn reconcile(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Action, ReconcileError>>;
 }
 
+/// The `name` label of the namespace actors' work queues.
+pub const NAMESPACE_QUEUE: &str = "kruise-namespace-queue";
+
 /// A work item: which controller, which object.
 pub type Key = (&'static str, String);
 
@@ -91,6 +94,17 @@ impl ReconcileMetrics {
         registry.register(&m.panics)?;
         Ok(m)
     }
+
+    /// Creates `controller`'s series at zero, as controller-runtime does, so dashboards and alerts
+    /// see every controller before its first reconcile or error.
+    pub fn init(&self, controller: &str) {
+        for result in ["success", "error", "requeue", "requeue_after"] {
+            self.total.with_label_values(&[controller, result]);
+        }
+        self.errors.with_label_values(&[controller]);
+        self.time.with_label_values(&[controller]);
+        self.panics.with_label_values(&[controller]);
+    }
 }
 
 #[derive(Clone)]
@@ -139,7 +153,7 @@ impl Actor for NamespaceActor {
 
     async fn pre_start(&self, _: ActorRef<Self::Msg>, args: NamespaceArgs) -> Result<Self::State, ActorProcessingErr> {
         // One queue per namespace; metrics aggregate under the namespace-independent name.
-        let queue = WorkQueue::new(args.backoff).with_metrics(&args.queue_metrics, "kruise-namespace-queue");
+        let queue = WorkQueue::new(args.backoff).with_metrics(&args.queue_metrics, NAMESPACE_QUEUE);
         Ok(NamespaceState { args, queue, running: 0, wake_at: None, idle_since: Some(Instant::now()) })
     }
 

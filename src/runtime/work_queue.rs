@@ -91,6 +91,11 @@ impl WorkQueueMetrics {
         Ok(m)
     }
 
+    /// Creates queue `name`'s series at zero.
+    pub fn init(&self, name: &str) {
+        let _ = self.for_queue(name);
+    }
+
     fn for_queue(&self, name: &str) -> QueueHandles {
         QueueHandles {
             depth: self.depth.with_label_values(&[name]),
