@@ -67,6 +67,9 @@ struct Flags {
     /// sharded runtime end to end.
     #[arg(long)]
     demo_controller: bool,
+    /// The ConfigMaps the demo controller stamps (a label selector).
+    #[arg(long, default_value_t = kruise::controllers::demo::default_selector())]
+    demo_selector: String,
     /// Reconciles running at once per namespace.
     #[arg(long, default_value_t = 3)]
     namespace_concurrency: usize,
@@ -148,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     if flags.demo_controller {
         let demo = DemoStamper { identity: identity.clone(), space, ownership: ownership.clone() };
         reconcilers.insert(demo.name(), Arc::new(demo));
-        watches.push(kruise::controllers::demo::watch_spec());
+        watches.push(kruise::controllers::demo::watch_spec(&flags.demo_selector));
     }
     for name in reconcilers.keys() {
         reconcile_metrics.init(name);

@@ -163,11 +163,15 @@ async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
 
     let tc = test_cluster().await;
     let lease_ns = TestNamespace::create(&tc, "demo-leases").await;
+    // A label value of its own, so managers of other tests running in the same cluster leave
+    // these ConfigMaps alone (and these managers theirs).
+    let selector = format!("--demo-selector=kruise.io/demo={}", lease_ns.name);
     let timing = [
         "--leader-election-lease-duration=6s",
         "--leader-election-renew-deadline=4s",
         "--leader-election-retry-period=500ms",
         "--demo-controller",
+        selector.as_str(),
     ];
     let mut replicas: Vec<ManagerProcess> = ["a", "b", "c"]
         .iter()
@@ -180,8 +184,14 @@ async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
     for i in 0..8 {
         let ns = TestNamespace::create(&tc, &format!("demo{i}")).await;
         for j in 0..3 {
-            crate::support::labelled_config_map(&tc.client, &ns.name, &format!("cm-{j}"), "kruise.io/demo", "true")
-                .await;
+            crate::support::labelled_config_map(
+                &tc.client,
+                &ns.name,
+                &format!("cm-{j}"),
+                "kruise.io/demo",
+                &lease_ns.name,
+            )
+            .await;
         }
         namespaces.push(ns);
     }
@@ -190,7 +200,7 @@ async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
         for ns in &namespaces {
             // Only the labelled ones: every namespace also has kube-root-ca.crt.
             for cm in Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name)
-                .list(&kube::api::ListParams::default().labels("kruise.io/demo=true"))
+                .list(&kube::api::ListParams::default().labels(&format!("kruise.io/demo={}", lease_ns.name)))
                 .await
                 .expect("list")
                 .items
@@ -233,7 +243,9 @@ async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
     let mut by_key: BTreeMap<String, Vec<(u128, u128, String)>> = BTreeMap::new();
     for r in replicas.iter().chain(std::iter::once(&crashed)) {
         let log = std::fs::read_to_string(&r.process.log).expect("log");
-        for (key, id, start, end) in reconciles(&log) {
+        // Only this test's ConfigMaps: other tests label theirs too, in the same cluster.
+        let ours = |key: &str| namespaces.iter().any(|ns| key.starts_with(&format!("{}/", ns.name)));
+        for (key, id, start, end) in reconciles(&log).into_iter().filter(|(k, ..)| ours(k)) {
             by_key.entry(key).or_default().push((start, end, id));
         }
     }
@@ -278,16 +290,19 @@ async fn metrics_expose_every_name_in_the_design() {
     let tc = test_cluster().await;
     let lease_ns = TestNamespace::create(&tc, "metrics").await;
     let ns = TestNamespace::create(&tc, "metrics-demo").await;
-    let m = ManagerProcess::start(tc.cp, &lease_ns.name, &format!("{}-m", lease_ns.name), &["--demo-controller"]);
+    let selector = format!("--demo-selector=kruise.io/demo={}", ns.name);
+    let m = ManagerProcess::start(
+        tc.cp,
+        &lease_ns.name,
+        &format!("{}-m", lease_ns.name),
+        &["--demo-controller", &selector],
+    );
     // One write, so the request counter has a series.
-    crate::support::labelled_config_map(&tc.client, &ns.name, "stamp-me", "kruise.io/demo", "true").await;
+    crate::support::labelled_config_map(&tc.client, &ns.name, "stamp-me", "kruise.io/demo", &ns.name).await;
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(tc.client.clone(), &ns.name);
-    eventually(Duration::from_secs(60), "the ConfigMap stamped", || async {
-        cms.get("stamp-me")
-            .await
-            .ok()
-            .and_then(|c| c.metadata.annotations)
-            .is_some_and(|a| a.contains_key("kruise.io/demo-reconciled-by"))
+    eventually(Duration::from_secs(60), "the ConfigMap stamped by this manager", || async {
+        let by = cms.get("stamp-me").await.ok().and_then(|c| c.metadata.annotations);
+        by.and_then(|a| a.get("kruise.io/demo-reconciled-by").cloned()).as_deref() == Some(m.identity.as_str())
     })
     .await;
     let body = crate::support::cluster::process::http_get(&m.metrics_addr, "/metrics").await.expect("/metrics");

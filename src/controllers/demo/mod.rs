@@ -25,12 +25,17 @@ pub const CONTROLLER: &str = "demo-controller";
 pub const DEMO_LABEL: &str = "kruise.io/demo";
 pub const RECONCILED_BY: &str = "kruise.io/demo-reconciled-by";
 
-/// What the demo controller watches.
-pub fn watch_spec() -> WatchSpec {
+/// The ConfigMaps the demo controller stamps unless told otherwise.
+pub fn default_selector() -> String {
+    format!("{DEMO_LABEL}=true")
+}
+
+/// What the demo controller watches: ConfigMaps matching `label_selector`.
+pub fn watch_spec(label_selector: &str) -> WatchSpec {
     WatchSpec {
         controller: CONTROLLER,
         url_path: "/api/v1/configmaps".into(),
-        label_selector: Some(format!("{DEMO_LABEL}=true")),
+        label_selector: Some(label_selector.to_string()),
     }
 }
 
@@ -96,6 +101,6 @@ mod tests {
     #[test]
     fn the_stamp_is_a_merge_patch_of_one_annotation() {
         assert_eq!(stamp("m-1"), json!({"metadata": {"annotations": {"kruise.io/demo-reconciled-by": "m-1"}}}));
-        assert_eq!(watch_spec().label_selector.as_deref(), Some("kruise.io/demo=true"));
+        assert_eq!(watch_spec(&default_selector()).label_selector.as_deref(), Some("kruise.io/demo=true"));
     }
 }
