@@ -19,3 +19,20 @@ pub mod sharded_watch;
 pub mod supervisor;
 pub mod watch_hub;
 pub mod work_queue;
+
+/// Helpers for the runtime's in-process tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::time::Duration;
+
+    /// Polls `f` every 10 ms until it holds; panics naming `what` after `timeout`.
+    pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !f() {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -343,14 +343,9 @@ mod tests {
         rec.calls.lock().unwrap().get(name).copied().unwrap_or(0)
     }
 
-    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-        for _ in 0..1000 {
-            if f() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting for {what}");
+    /// The waits of these tests: up to 10 s.
+    async fn wait_until(what: &str, f: impl FnMut() -> bool) {
+        crate::runtime::test_util::wait_until(what, Duration::from_secs(10), f).await
     }
 
     #[tokio::test]

@@ -126,14 +126,9 @@ mod tests {
         }
     }
 
+    /// The waits of this test: up to 5 s.
     async fn wait_for(what: &str, f: impl Fn() -> bool) {
-        for _ in 0..500 {
-            if f() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting for {what}");
+        crate::runtime::test_util::wait_until(what, Duration::from_secs(5), f).await
     }
 
     #[tokio::test]

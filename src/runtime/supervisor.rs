@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use super::api_writer::{ApiWriter, WriterArgs, WriterMsg};
 use super::shard_coordinator::{CoordinatorArgs, CoordinatorMsg, RELEASE_TIMEOUT, ShardCoordinator};
 use super::watch_hub::{HubArgs, WatchHub};
+use super::work_queue::Backoff;
 
 /// The name the ApiWriter is registered under: `ractor::registry::where_is(API_WRITER)`.
 pub const API_WRITER: &str = "api-writer";
@@ -21,26 +22,22 @@ const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Exponential restart back-off that forgives a child which ran for a while before it failed.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct RestartBackoff {
-    next: Duration,
-}
-
-impl Default for RestartBackoff {
-    fn default() -> Self {
-        Self { next: RESTART_BACKOFF_MIN }
-    }
+    /// Failed starts since the child last ran for a while.
+    failures: u32,
 }
 
 impl RestartBackoff {
+    const POLICY: Backoff = Backoff { base: RESTART_BACKOFF_MIN, max: RESTART_BACKOFF_MAX };
+
     /// The delay before the next restart, given how long the failed child had run.
     fn delay(&mut self, ran_for: Option<Duration>) -> Duration {
         if ran_for.is_some_and(|d| d > RESTART_BACKOFF_MAX) {
-            self.next = RESTART_BACKOFF_MIN;
+            self.failures = 0;
         }
-        let d = self.next;
-        self.next = (self.next * 2).min(RESTART_BACKOFF_MAX);
-        d
+        self.failures = self.failures.saturating_add(1);
+        Self::POLICY.delay(self.failures)
     }
 }
 
