@@ -47,14 +47,14 @@ async fn main() -> anyhow::Result<()> {
         (Some(node), false) if !node.is_empty() => watcher::Config::default().fields(&format!("metadata.name={node}")),
         _ => bail!("NODE_NAME (or --node-name) is required unless --simulated is set"),
     };
-    let (client, _host) = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
+    let registry = MetricsRegistry::new();
+    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref(), &registry)
         .await
         .context("connecting to the Kubernetes API")?;
-
-    let registry = MetricsRegistry::new();
     let nodes_served = IntGauge::new("kruise_daemon_nodes_served", "Nodes this daemon process serves")?;
     registry.register(&nodes_served)?;
     let ready = Readiness::default();
+    let node_cache = ready.condition("node-cache");
     http::serve(flags.addr, http::router(registry, ready.clone())).await?;
 
     let (store, writer) = reflector::store::<Node>();
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
         });
     tokio::spawn(nodes);
     store.wait_until_ready().await.context("waiting for the node cache")?;
-    ready.set();
+    node_cache.set();
     tracing::info!(simulated = flags.simulated, nodes = store.len(), "kruise-daemon serving");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));

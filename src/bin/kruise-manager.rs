@@ -10,16 +10,18 @@ use anyhow::Context;
 use clap::Parser;
 use ractor::Actor;
 
-use kruise::controllers::demo::DemoStamper;
+use kruise::controllers::demo::{DemoResource, DemoStamper};
 use kruise::runtime::api_writer::{WriterArgs, WriterMetrics};
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::lease::{LeaseStore, LeaseTimings};
 use kruise::runtime::metrics::{MetricsRegistry, ShardMetrics};
 use kruise::runtime::namespace_actor::{NamespaceArgs, ReconcileMetrics, Reconciler};
+use kruise::runtime::object_store::ObjectStore;
 use kruise::runtime::ownership::{Leadership, ShardOwnership};
 use kruise::runtime::shard::ShardSpace;
 use kruise::runtime::shard_coordinator::{CoordinatorArgs, RELEASE_TIMEOUT};
+use kruise::runtime::sharded_watch::WatchMetrics;
 use kruise::runtime::supervisor::{ManagerArgs, ManagerSupervisor, SupervisorMsg};
 use kruise::runtime::watch_hub::HubArgs;
 use kruise::runtime::work_queue::{Backoff, WorkQueueMetrics};
@@ -67,9 +69,12 @@ struct Flags {
     /// sharded runtime end to end.
     #[arg(long)]
     demo_controller: bool,
-    /// The ConfigMaps the demo controller stamps (a label selector).
+    /// The objects the demo controller stamps (a label selector).
     #[arg(long, default_value_t = kruise::controllers::demo::default_selector())]
     demo_selector: String,
+    /// The kind of object the demo controller stamps.
+    #[arg(long, value_enum, default_value = "configmaps")]
+    demo_resource: DemoResource,
     /// Reconciles running at once per namespace.
     #[arg(long, default_value_t = 3)]
     namespace_concurrency: usize,
@@ -122,16 +127,18 @@ async fn main() -> anyhow::Result<()> {
     .validate()?;
     kruise::runtime::api_writer::check_rate_limit(flags.kube_api_qps, flags.kube_api_burst)?;
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
-    let (client, host) = kruise::runtime::client::connect(flags.kubeconfig.as_deref())
+    let registry = MetricsRegistry::new();
+    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref(), &registry)
         .await
         .context("connecting to the Kubernetes API")?;
-
-    let registry = MetricsRegistry::new();
     let metrics = ShardMetrics::register(&registry)?;
     let writer_metrics = WriterMetrics::register(&registry)?;
     let reconcile_metrics = ReconcileMetrics::register(&registry)?;
     let queue_metrics = WorkQueueMetrics::register(&registry)?;
+    let watch_metrics = WatchMetrics::register(&registry)?;
     let ready = Readiness::default();
+    let leases_ready = ready.condition("shard-leases");
+    let caches_ready = ready.condition("caches");
     let ownership = ShardOwnership::default();
     http::serve(flags.metrics_addr, http::router(registry.clone(), ready.clone())).await?;
     if flags.health_probe_addr != flags.metrics_addr {
@@ -142,16 +149,25 @@ async fn main() -> anyhow::Result<()> {
         client: client.clone(),
         qps: flags.kube_api_qps,
         burst: flags.kube_api_burst,
-        host,
         metrics: writer_metrics,
     };
     // Controllers, each with the resources it watches.
     let mut reconcilers: HashMap<&'static str, Arc<dyn Reconciler>> = HashMap::new();
     let mut watches = Vec::new();
     if flags.demo_controller {
-        let demo = DemoStamper { identity: identity.clone(), space, ownership: ownership.clone() };
+        let store = ObjectStore::default();
+        watches.push(kruise::controllers::demo::watch_spec(flags.demo_resource, &flags.demo_selector, store.clone()));
+        let demo = DemoStamper {
+            identity: identity.clone(),
+            space,
+            ownership: ownership.clone(),
+            resource: flags.demo_resource,
+            store,
+        };
         reconcilers.insert(demo.name(), Arc::new(demo));
-        watches.push(kruise::controllers::demo::watch_spec(&flags.demo_selector));
+    }
+    if watches.is_empty() {
+        caches_ready.set();
     }
     for name in reconcilers.keys() {
         reconcile_metrics.init(name);
@@ -172,6 +188,9 @@ async fn main() -> anyhow::Result<()> {
             queue_metrics,
         },
         sync_period: Duration::from_millis(500),
+        metrics: watch_metrics,
+        leases_ready: leases_ready.clone(),
+        caches_ready,
     });
     let coordinator = CoordinatorArgs {
         store: LeaseStore::new(client, &flags.leader_election_namespace),
@@ -181,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         ownership,
         leadership: Leadership::default(),
         metrics,
-        ready,
+        ready: leases_ready,
     };
     let args = ManagerArgs { coordinator, writer, hub };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)

@@ -104,10 +104,10 @@ impl WriterMetrics {
         let m = Self {
             requests: IntCounterVec::new(
                 Opts::new(
-                    "rest_client_requests_total",
-                    "Number of HTTP requests, partitioned by status code, method, and host.",
+                    "kruise_writer_requests_total",
+                    "Writes sent by the ApiWriter, by verb, resource and status code",
                 ),
-                &["code", "method", "host"],
+                &["verb", "resource", "code"],
             )?,
             coalesced: IntCounter::new("kruise_writer_coalesced_total", "Patches folded into a write already waiting")?,
             queue_depth: IntGauge::new("kruise_writer_queue_depth", "Writes waiting for a rate-limit token")?,
@@ -130,15 +130,12 @@ pub struct WriterArgs {
     /// Requests per second and burst for this replica.
     pub qps: f64,
     pub burst: u32,
-    /// The API server's host, for `rest_client_requests_total{host}`.
-    pub host: String,
     pub metrics: WriterMetrics,
 }
 
 pub struct WriterState {
     client: Client,
     limiter: Arc<DefaultDirectRateLimiter>,
-    host: String,
     metrics: WriterMetrics,
     targets: HashMap<String, WriteTarget>,
     /// Per object, the requests still to send, in order.
@@ -186,7 +183,6 @@ impl Actor for ApiWriter {
         Ok(WriterState {
             client: args.client,
             limiter,
-            host: args.host,
             metrics: args.metrics,
             targets: HashMap::new(),
             pending: HashMap::new(),
@@ -288,7 +284,6 @@ impl WriterState {
         let client = self.client.clone();
         let me = myself.clone();
         let requests = self.metrics.requests.clone();
-        let host = self.host.clone();
         tokio::spawn(async move {
             let api: Api<DynamicObject> = match &target.namespace {
                 Some(ns) => Api::namespaced_with(client, ns, &target.resource),
@@ -308,7 +303,8 @@ impl WriterState {
                 }
                 Err(e) => ("<error>".to_string(), Err(WriteError::Transport(e.to_string()))),
             };
-            requests.with_label_values(&[code.as_str(), "PATCH", host.as_str()]).inc();
+            let verb = if target.status { "patch_status" } else { "patch" };
+            requests.with_label_values(&[verb, target.resource.plural.as_str(), code.as_str()]).inc();
             let _ = me.send_message(WriterMsg::Sent { key, result });
         });
     }

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod merge_patch;
 pub mod metrics;
 pub mod namespace_actor;
+pub mod object_store;
 pub mod ownership;
 pub mod shard;
 pub mod shard_actor;

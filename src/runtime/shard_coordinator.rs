@@ -13,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::http::Readiness;
+use super::http::ReadyCondition;
 use super::lease::{self, Holder, LeaseError, LeaseStore, LeaseTimings, LeaseTracker, ROLE_LABEL};
 use super::metrics::ShardMetrics;
 use super::ownership::{Leadership, ShardOwnership};
@@ -48,7 +48,8 @@ pub struct CoordinatorArgs {
     pub leadership: Leadership,
     pub metrics: ShardMetrics,
     /// Set once the first round has completed.
-    pub ready: Readiness,
+    /// Met after the first round that could acquire shards.
+    pub ready: ReadyCondition,
 }
 
 pub enum CoordinatorMsg {

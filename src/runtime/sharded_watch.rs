@@ -15,12 +15,77 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::{ObjectList, Request};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::metrics::MetricsRegistry;
 use super::shard::{ShardId, ShardSpace};
 use super::work_queue::Backoff;
+
+/// What the sharded watches of a replica receive, by resource (the collection's last path
+/// segment, e.g. `pods`): the figures that show whether the API server does the sharding.
+#[derive(Clone)]
+pub struct WatchMetrics {
+    /// Objects received, before the client-side shard filter; `via` is `list` or `watch`.
+    received: IntCounterVec,
+    /// Objects received that belong to shards this replica does not hold (dropped here).
+    filtered: IntCounterVec,
+    /// 1 when the API server applied the shard selector to the last list, else 0.
+    server_sharded: IntGaugeVec,
+    relists: IntCounterVec,
+    /// Objects kept in the replica's store.
+    cached: IntGaugeVec,
+}
+
+impl WatchMetrics {
+    pub fn register(registry: &MetricsRegistry) -> prometheus::Result<Self> {
+        let m = Self {
+            received: IntCounterVec::new(
+                Opts::new(
+                    "kruise_watch_events_received_total",
+                    "Objects received by list (via=list) and watch (via=watch), before client-side shard filtering",
+                ),
+                &["resource", "via"],
+            )?,
+            filtered: IntCounterVec::new(
+                Opts::new(
+                    "kruise_watch_events_filtered_total",
+                    "Objects received for shards this replica does not hold, dropped client-side",
+                ),
+                &["resource"],
+            )?,
+            server_sharded: IntGaugeVec::new(
+                Opts::new("kruise_watch_server_sharded", "1 when the API server applies the shard selector itself"),
+                &["resource"],
+            )?,
+            relists: IntCounterVec::new(
+                Opts::new("kruise_watch_relists_total", "Lists that (re)started a sharded watch"),
+                &["resource"],
+            )?,
+            cached: IntGaugeVec::new(
+                Opts::new("kruise_watch_cache_objects", "Objects of the held shards kept in the replica's store"),
+                &["resource"],
+            )?,
+        };
+        registry.register(&m.received)?;
+        registry.register(&m.filtered)?;
+        registry.register(&m.server_sharded)?;
+        registry.register(&m.relists)?;
+        registry.register(&m.cached)?;
+        Ok(m)
+    }
+
+    pub fn set_cached(&self, url_path: &str, objects: usize) {
+        self.cached.with_label_values(&[resource_of(url_path)]).set(objects as i64);
+    }
+}
+
+/// A collection's resource name: its path's last segment (`/api/v1/pods` → `pods`).
+pub fn resource_of(url_path: &str) -> &str {
+    url_path.rsplit('/').next().unwrap_or_default()
+}
 
 /// What a sharded watch reports.
 #[derive(Debug)]
@@ -53,6 +118,7 @@ pub struct ShardedWatch {
     pub space: ShardSpace,
     pub shards: Vec<ShardId>,
     pub label_selector: Option<String>,
+    pub metrics: WatchMetrics,
 }
 
 /// Percent-encodes a query parameter value (RFC 3986 unreserved characters kept).
@@ -78,7 +144,19 @@ fn with_shard_selector(mut req: http::Request<Vec<u8>>, selector: &str) -> http:
 impl ShardedWatch {
     fn ours<K: HasMeta>(&self, o: &K) -> bool {
         let ns = o.meta().namespace.as_deref().unwrap_or_default();
-        self.shards.contains(&self.space.shard_of_key(ns))
+        let ours = self.shards.contains(&self.space.shard_of_key(ns));
+        if !ours {
+            self.metrics.filtered.with_label_values(&[self.resource()]).inc();
+        }
+        ours
+    }
+
+    fn resource(&self) -> &str {
+        resource_of(&self.url_path)
+    }
+
+    fn received(&self, via: &str, n: usize) {
+        self.metrics.received.with_label_values(&[self.resource(), via]).inc_by(n as u64);
     }
 
     /// Runs until `tx` is closed. Errors are logged and retried with back-off, re-listing after a
@@ -88,6 +166,8 @@ impl ShardedWatch {
         K: Clone + DeserializeOwned + HasMeta + Send + 'static,
     {
         let Some(selector) = self.space.selector(&self.shards) else { return };
+        // The filtered series exists from the start, at zero where the server does the filtering.
+        self.metrics.filtered.with_label_values(&[self.resource()]);
         let request = Request::new(self.url_path.clone());
         let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(30) };
         let mut failures = 0u32;
@@ -110,6 +190,9 @@ impl ShardedWatch {
             };
             failures = 0;
             let server_filtered = list.metadata.shard_info.as_ref().is_some_and(|i| i.selector == selector);
+            self.metrics.relists.with_label_values(&[self.resource()]).inc();
+            self.metrics.server_sharded.with_label_values(&[self.resource()]).set(i64::from(server_filtered));
+            self.received("list", list.items.len());
             let mut version = list.metadata.resource_version.clone().unwrap_or_default();
             let objects: Vec<K> = list.items.into_iter().filter(|o| self.ours(o)).collect();
             if tx.send(WatchUpdate::Listed { objects, server_filtered }).await.is_err() {
@@ -134,12 +217,14 @@ impl ShardedWatch {
                 loop {
                     match stream.try_next().await {
                         Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
+                            self.received("watch", 1);
                             version = o.meta().resource_version.clone().unwrap_or(version);
                             if self.ours(&o) && tx.send(WatchUpdate::Applied(o)).await.is_err() {
                                 return;
                             }
                         }
                         Ok(Some(WatchEvent::Deleted(o))) => {
+                            self.received("watch", 1);
                             version = o.meta().resource_version.clone().unwrap_or(version);
                             if self.ours(&o) && tx.send(WatchUpdate::Deleted(o)).await.is_err() {
                                 return;

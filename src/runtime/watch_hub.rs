@@ -3,33 +3,43 @@
 //!
 //! It follows [`ShardOwnership`]: every `sync_period` it compares the shards held with those it
 //! serves, starts ShardActors for new shards, stops those of lost shards (which stops their
-//! NamespaceActors), and re-establishes the watches with the new shard selector. The list that
-//! starts each watch re-enqueues every object of the shards, so a shard taken over from another
-//! replica is reconciled in full.
+//! NamespaceActors) and forgets their cached objects, and re-establishes the watches with the new
+//! shard selector. Each watch feeds an [`ObjectStore`]; only real changes are routed: a shard
+//! taken over is new to the store, so all its objects are reconciled, while a re-list after a
+//! broken watch routes just what changed or vanished meanwhile.
+//!
+//! Updates carry the generation of the watches that produced them, so those still queued from
+//! watches already replaced cannot bring back objects of a shard given up.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::Client;
 use kube::api::DynamicObject;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
+use super::http::ReadyCondition;
 use super::namespace_actor::NamespaceArgs;
+use super::object_store::{ObjectStore, Trim, key_of};
 use super::ownership::ShardOwnership;
 use super::shard::{ShardId, ShardSpace};
 use super::shard_actor::{ShardActor, ShardArgs, ShardMsg};
-use super::sharded_watch::{ShardedWatch, WatchUpdate};
+use super::sharded_watch::{ShardedWatch, WatchMetrics, WatchUpdate};
 
-/// A resource type a controller watches; its objects' changes go to that controller.
+/// A resource type some controllers watch: one watch per replica whatever their number. Its
+/// objects' changes go to each of them, and the objects themselves into `store`, where they read
+/// them.
 #[derive(Clone)]
 pub struct WatchSpec {
-    pub controller: &'static str,
+    pub controllers: Vec<&'static str>,
     /// The collection's path, e.g. `/api/v1/configmaps`.
     pub url_path: String,
     pub label_selector: Option<String>,
+    pub store: ObjectStore,
+    pub trim: Trim,
 }
 
 #[derive(Clone)]
@@ -40,11 +50,16 @@ pub struct HubArgs {
     pub watches: Vec<WatchSpec>,
     pub namespace_template: NamespaceArgs,
     pub sync_period: Duration,
+    pub metrics: WatchMetrics,
+    /// Read: the coordinator has had its chance to acquire shards.
+    pub leases_ready: ReadyCondition,
+    /// Set here: every watch has listed its shards once.
+    pub caches_ready: ReadyCondition,
 }
 
 pub enum HubMsg {
     Sync,
-    Update { controller: &'static str, update: Box<WatchUpdate<DynamicObject>> },
+    Update { watch: usize, generation: u64, update: Box<WatchUpdate<DynamicObject>> },
 }
 
 pub struct HubState {
@@ -52,6 +67,10 @@ pub struct HubState {
     served: Vec<ShardId>,
     shard_actors: BTreeMap<ShardId, ActorRef<ShardMsg>>,
     watch_tasks: Vec<JoinHandle<()>>,
+    /// Bumped whenever the watches are replaced.
+    generation: u64,
+    /// Per watch, whether the current generation has listed.
+    listed: Vec<bool>,
 }
 
 pub struct WatchHub;
@@ -63,7 +82,14 @@ impl Actor for WatchHub {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: HubArgs) -> Result<Self::State, ActorProcessingErr> {
         myself.send_message(HubMsg::Sync)?;
-        Ok(HubState { args, served: Vec::new(), shard_actors: BTreeMap::new(), watch_tasks: Vec::new() })
+        Ok(HubState {
+            args,
+            served: Vec::new(),
+            shard_actors: BTreeMap::new(),
+            watch_tasks: Vec::new(),
+            generation: 0,
+            listed: Vec::new(),
+        })
     }
 
     async fn handle(
@@ -77,10 +103,26 @@ impl Actor for WatchHub {
                 st.sync(&myself).await?;
                 myself.send_after(st.args.sync_period, || HubMsg::Sync);
             }
-            HubMsg::Update { controller, update } => match *update {
-                WatchUpdate::Listed { objects, .. } => objects.iter().for_each(|o| st.route(controller, o)),
-                WatchUpdate::Applied(o) | WatchUpdate::Deleted(o) => st.route(controller, &o),
-            },
+            HubMsg::Update { watch, generation, update } if generation == st.generation => st.absorb(watch, *update),
+            // From watches already replaced: their shards may be gone.
+            HubMsg::Update { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // ShardActors of lost shards stop on our request: nothing to do. One that fails is
+        // replaced at the next sync, which also re-lists, so none of its shard's work is lost.
+        // (ractor's default would stop the hub on any child's exit.)
+        if let SupervisionEvent::ActorFailed(who, err) = evt {
+            warn!(error = %err, "shard actor failed; restarting it");
+            st.shard_actors.retain(|_, a| a.get_id() != who.get_id());
+            st.served.clear();
         }
         Ok(())
     }
@@ -94,6 +136,10 @@ impl Actor for WatchHub {
 impl HubState {
     async fn sync(&mut self, myself: &ActorRef<HubMsg>) -> Result<(), ActorProcessingErr> {
         let held = self.args.ownership.held();
+        // Holding nothing once the leases had their chance: there is nothing to cache.
+        if held.is_empty() && self.args.leases_ready.is_set() {
+            self.args.caches_ready.set();
+        }
         if held == self.served {
             return Ok(());
         }
@@ -112,22 +158,29 @@ impl HubState {
             }
         }
         self.watch_tasks.drain(..).for_each(|t| t.abort());
+        self.generation += 1;
+        self.listed = vec![false; self.args.watches.len()];
+        let space = self.args.space;
+        for spec in &self.args.watches {
+            spec.store.retain_namespaces(|ns| held.contains(&space.shard_of_key(ns)));
+        }
         if !held.is_empty() {
-            for spec in &self.args.watches {
+            for (watch, spec) in self.args.watches.iter().enumerate() {
                 let (tx, mut rx) = mpsc::channel(256);
-                let watch = ShardedWatch {
+                let sharded = ShardedWatch {
                     client: self.args.client.clone(),
                     url_path: spec.url_path.clone(),
-                    space: self.args.space,
+                    space,
                     shards: held.clone(),
                     label_selector: spec.label_selector.clone(),
+                    metrics: self.args.metrics.clone(),
                 };
-                self.watch_tasks.push(tokio::spawn(watch.run::<DynamicObject>(tx)));
+                self.watch_tasks.push(tokio::spawn(sharded.run::<DynamicObject>(tx)));
                 let me = myself.clone();
-                let controller = spec.controller;
+                let generation = self.generation;
                 self.watch_tasks.push(tokio::spawn(async move {
                     while let Some(update) = rx.recv().await {
-                        if me.send_message(HubMsg::Update { controller, update: Box::new(update) }).is_err() {
+                        if me.send_message(HubMsg::Update { watch, generation, update: Box::new(update) }).is_err() {
                             break;
                         }
                     }
@@ -138,15 +191,56 @@ impl HubState {
         Ok(())
     }
 
-    fn route(&self, controller: &'static str, o: &DynamicObject) {
-        let namespace = o.metadata.namespace.clone().unwrap_or_default();
+    /// Takes a watch's update into its store and routes what changed.
+    fn absorb(&mut self, watch: usize, update: WatchUpdate<DynamicObject>) {
+        let Some(spec) = self.args.watches.get(watch).cloned() else { return };
+        let (store, trim) = (spec.store, spec.trim);
+        let trimmed = |mut o: DynamicObject| {
+            trim.apply(&mut o);
+            o
+        };
+        match update {
+            WatchUpdate::Listed { objects, .. } => {
+                let space = self.args.space;
+                let served = &self.served;
+                let relisted = store
+                    .relist(objects.into_iter().map(trimmed).collect(), |ns| served.contains(&space.shard_of_key(ns)));
+                for (namespace, name) in relisted.changed.into_iter().chain(relisted.vanished) {
+                    self.route(&spec.controllers, namespace, name);
+                }
+                if let Some(l) = self.listed.get_mut(watch) {
+                    *l = true;
+                }
+                if self.listed.iter().all(|l| *l) {
+                    self.args.caches_ready.set();
+                }
+            }
+            WatchUpdate::Applied(o) => {
+                let (namespace, name) = key_of(&o);
+                if store.apply(trimmed(o)) {
+                    self.route(&spec.controllers, namespace, name);
+                }
+            }
+            WatchUpdate::Deleted(o) => {
+                let (namespace, name) = key_of(&o);
+                store.delete(&namespace, &name);
+                self.route(&spec.controllers, namespace, name);
+            }
+        }
+        self.args.metrics.set_cached(&spec.url_path, store.len());
+    }
+
+    fn route(&self, controllers: &[&'static str], namespace: String, name: String) {
         let shard = self.args.space.shard_of_key(&namespace);
         // Fenced: a shard whose renew deadline passed gets nothing, even before the next sync.
         if !self.args.ownership.holds(shard) {
             return;
         }
-        if let (Some(a), Some(name)) = (self.shard_actors.get(&shard), o.metadata.name.clone()) {
-            let _ = a.send_message(ShardMsg::Changed { controller, namespace, name });
+        if let Some(a) = self.shard_actors.get(&shard) {
+            for controller in controllers {
+                let _ =
+                    a.send_message(ShardMsg::Changed { controller, namespace: namespace.clone(), name: name.clone() });
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod crds;
+mod events;
 mod harness;
 mod sharding;
 mod shards;

@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::Value;
 
+use kruise::runtime::metrics::MetricsRegistry;
 use kruise::runtime::shard::{ShardId, ShardSpace};
-use kruise::runtime::sharded_watch::{ShardedWatch, WatchUpdate, query_escape};
+use kruise::runtime::sharded_watch::{ShardedWatch, WatchMetrics, WatchUpdate, query_escape};
 
 use crate::support::{TestNamespace, labelled_config_map, test_cluster};
 
@@ -81,6 +82,7 @@ async fn a_sharded_watch_delivers_exactly_its_shards_objects() {
         space,
         shards: mine.clone(),
         label_selector: Some(format!("kruise-sharded-watch={run}")),
+        metrics: WatchMetrics::register(&MetricsRegistry::new()).expect("metrics"),
     };
     let task = tokio::spawn(watch.run::<ConfigMap>(tx));
     match rx.recv().await.expect("the initial list") {
@@ -130,10 +132,13 @@ mod hub {
     use futures::future::BoxFuture;
     use ractor::Actor;
 
+    use kruise::runtime::http::Readiness;
     use kruise::runtime::metrics::MetricsRegistry;
     use kruise::runtime::namespace_actor::{Action, NamespaceArgs, ReconcileError, ReconcileMetrics, Reconciler};
+    use kruise::runtime::object_store::{ObjectStore, Trim};
     use kruise::runtime::ownership::ShardOwnership;
     use kruise::runtime::shard::{ShardId, ShardSpace};
+    use kruise::runtime::sharded_watch::WatchMetrics;
     use kruise::runtime::watch_hub::{HubArgs, WatchHub, WatchSpec};
     use kruise::runtime::work_queue::{Backoff, WorkQueueMetrics};
 
@@ -151,8 +156,12 @@ mod hub {
         }
     }
 
+    fn store_namespaces(store: &ObjectStore, candidates: &[TestNamespace]) -> BTreeSet<String> {
+        candidates.iter().filter(|ns| !store.in_namespace(&ns.name).is_empty()).map(|ns| ns.name.clone()).collect()
+    }
+
     #[tokio::test]
-    async fn changes_reach_the_reconciler_only_for_held_shards() {
+    async fn changes_reach_the_reconciler_only_for_held_shards_and_the_store_keeps_only_their_objects() {
         let tc = test_cluster().await;
         let run = format!("h{:x}", std::process::id());
         let space = ShardSpace::new(4).expect("space");
@@ -164,14 +173,19 @@ mod hub {
         let reconciled = Arc::new(Mutex::new(BTreeSet::new()));
         let registry = MetricsRegistry::new();
         let reconciler: Arc<dyn Reconciler> = Arc::new(Recorder(reconciled.clone()));
+        let store = ObjectStore::default();
+        let readiness = Readiness::default();
+        let caches_ready = readiness.condition("caches");
         let args = HubArgs {
             client: tc.client.clone(),
             space,
             ownership: ownership.clone(),
             watches: vec![WatchSpec {
-                controller: "demo",
+                controllers: vec!["demo"],
                 url_path: "/api/v1/configmaps".into(),
                 label_selector: Some(format!("kruise-hub-test={run}")),
+                store: store.clone(),
+                trim: Trim { drop: &[&["data"]] },
             }],
             namespace_template: NamespaceArgs {
                 namespace: String::new(),
@@ -183,8 +197,12 @@ mod hub {
                 queue_metrics: WorkQueueMetrics::register(&registry).expect("metrics"),
             },
             sync_period: Duration::from_millis(200),
+            metrics: WatchMetrics::register(&registry).expect("metrics"),
+            leases_ready: readiness.condition("leases"),
+            caches_ready: caches_ready.clone(),
         };
         let (hub, _) = Actor::spawn(None, WatchHub, args).await.expect("hub");
+        assert!(!caches_ready.is_set(), "nothing listed yet");
 
         let mut held_namespaces = BTreeSet::new();
         let mut other_namespaces = Vec::new();
@@ -214,6 +232,13 @@ mod hub {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = reconciled.lock().unwrap().clone();
         assert_eq!(got, held_namespaces, "nothing outside shards 0-1 is reconciled");
+        assert!(caches_ready.is_set(), "the watch has listed its shards");
+        assert_eq!(store_namespaces(&store, &keep), held_namespaces, "the store keeps exactly the held shards");
+        let cached = store.in_namespace(held_namespaces.first().expect("a held namespace"));
+        assert!(
+            cached.iter().all(|o| o.metadata.managed_fields.is_none() && o.data.get("data").is_none()),
+            "stored objects are trimmed: {cached:?}"
+        );
 
         // Take a shard over: the hub notices, re-watches, and the new shard's objects arrive.
         let newly =
@@ -224,6 +249,33 @@ mod hub {
             "shard 2's namespaces reconciled after taking it",
             || async { reconciled.lock().unwrap().is_superset(&newly) },
         )
+        .await;
+        assert!(store_namespaces(&store, &keep).is_superset(&newly), "shard 2's objects are cached");
+
+        // Give shard 0 up: its objects leave the store, the others stay.
+        let shard0: BTreeSet<String> =
+            held_namespaces.iter().filter(|ns| space.shard_of_key(ns) == ShardId(0)).cloned().collect();
+        ownership.revoke(ShardId(0));
+        crate::support::eventually(Duration::from_secs(10), "shard 0's objects forgotten", || async {
+            store_namespaces(&store, &keep).is_disjoint(&shard0)
+        })
+        .await;
+        assert!(store_namespaces(&store, &keep).is_superset(&newly));
+
+        // A deletion reaches the reconciler, and the store forgets the object.
+        let victim = newly.first().expect("a namespace of shard 2").clone();
+        reconciled.lock().unwrap().remove(&victim);
+        kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(tc.client.clone(), &victim)
+            .delete("probe", &Default::default())
+            .await
+            .expect("delete");
+        crate::support::eventually(Duration::from_secs(10), "the deleted object gone from the store", || async {
+            store.get(&victim, "probe").is_none()
+        })
+        .await;
+        crate::support::eventually(Duration::from_secs(10), "the deletion reconciled", || async {
+            reconciled.lock().unwrap().contains(&victim)
+        })
         .await;
         hub.stop(None);
     }

@@ -79,7 +79,7 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
     }
 
     // SIGTERM: the replica releases its leases, so the others take them within a couple of retry
-    // periods rather than after the 6 s lease duration.
+    // periods (the issue asks for 2 s) rather than after the 6 s lease duration.
     let mut stopped = replicas.remove(0);
     let t0 = Instant::now();
     stopped.process.stop(Duration::from_secs(10));
@@ -90,7 +90,7 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
     let graceful = t0.elapsed();
     eprintln!("graceful handoff took {graceful:?}");
     assert!(
-        graceful < Duration::from_secs(5),
+        graceful < Duration::from_secs(2),
         "handoff after SIGTERM took {graceful:?}: leases were not released (log:\n{})",
         stopped.log_tail()
     );
@@ -265,7 +265,7 @@ async fn the_demo_controller_reconciles_each_key_on_one_replica_at_a_time() {
 }
 
 /// The metric names docs/design.md promises (controller-runtime's, so existing dashboards work,
-/// and OpenKruise's leader gauge), as /metrics serves them.
+/// OpenKruise's leader gauge, and the runtime's own), as /metrics serves them.
 const DESIGN_METRIC_NAMES: &[&str] = &[
     "controller_runtime_reconcile_total",
     "controller_runtime_reconcile_errors_total",
@@ -283,6 +283,13 @@ const DESIGN_METRIC_NAMES: &[&str] = &[
     "kruise_writer_queue_depth",
     "kruise_writer_throttle_wait_seconds",
     "kruise_writer_coalesced_total",
+    "kruise_writer_requests_total",
+    "kruise_rest_client_response_bytes_total",
+    "kruise_watch_events_received_total",
+    "kruise_watch_events_filtered_total",
+    "kruise_watch_server_sharded",
+    "kruise_watch_relists_total",
+    "kruise_watch_cache_objects",
 ];
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use crate::support::{TestNamespace, test_cluster};
 async fn start_writer(client: kube::Client, qps: f64, burst: u32) -> (ActorRef<WriterMsg>, MetricsRegistry) {
     let registry = MetricsRegistry::new();
     let metrics = WriterMetrics::register(&registry).expect("metrics");
-    let args = WriterArgs { client, qps, burst, host: "127.0.0.1".into(), metrics };
+    let args = WriterArgs { client, qps, burst, metrics };
     let (writer, _) = Actor::spawn(None, ApiWriter, args).await.expect("writer");
     (writer, registry)
 }
@@ -85,7 +85,8 @@ async fn a_burst_of_patches_to_one_object_coalesces_and_ends_in_the_final_state(
     let results = write_all(&writer, writes).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
 
-    let requests = metric(&registry, "rest_client_requests_total{code=\"200\",host=\"127.0.0.1\",method=\"PATCH\"}");
+    let requests =
+        metric(&registry, "kruise_writer_requests_total{code=\"200\",resource=\"configmaps\",verb=\"patch\"}");
     let coalesced = metric(&registry, "kruise_writer_coalesced_total");
     eprintln!("100 patches in {:?}: {requests} requests, {coalesced} coalesced", started.elapsed());
     assert!((1.0..=3.0).contains(&requests), "100 patches took {requests} requests");
@@ -115,7 +116,8 @@ async fn writes_keep_to_the_token_bucket() {
     let results = write_all(&writer, writes).await;
     let elapsed = started.elapsed();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let requests = metric(&registry, "rest_client_requests_total{code=\"200\",host=\"127.0.0.1\",method=\"PATCH\"}");
+    let requests =
+        metric(&registry, "kruise_writer_requests_total{code=\"200\",resource=\"configmaps\",verb=\"patch\"}");
     assert_eq!(requests, 45.0, "distinct objects are never folded");
     // A bucket of 5 refilled at 20/s lets 45 requests out no sooner than (45 - 5) / 20 s. Only a
     // lower bound: a slow machine may take longer, never shorter.
