@@ -14,6 +14,7 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use prometheus::IntGauge;
 
+use kruise::features::FeatureGates;
 use kruise::runtime::flag_values::parse_listen_addr;
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::metrics::MetricsRegistry;
@@ -30,6 +31,9 @@ struct Flags {
     /// The node this daemon serves (required unless --simulated).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Feature gates, as kruise-manager's (`Name=true|false,...`).
+    #[arg(long, default_value = "")]
+    feature_gates: FeatureGates,
     /// Serve every node matching --simulated-node-selector from this one process (kwok nodes).
     #[arg(long)]
     simulated: bool,
@@ -69,7 +73,12 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(nodes);
     store.wait_until_ready().await.context("waiting for the node cache")?;
     node_cache.set();
-    tracing::info!(simulated = flags.simulated, nodes = store.len(), "kruise-daemon serving");
+    tracing::info!(
+        simulated = flags.simulated,
+        nodes = store.len(),
+        feature_gates = ?flags.feature_gates.changed(),
+        "kruise-daemon serving"
+    );
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

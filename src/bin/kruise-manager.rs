@@ -11,6 +11,7 @@ use clap::Parser;
 use ractor::Actor;
 
 use kruise::controllers::demo::{DemoResource, DemoStamper};
+use kruise::features::FeatureGates;
 use kruise::runtime::api_writer::{WriterArgs, WriterMetrics};
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
@@ -75,6 +76,9 @@ struct Flags {
     /// The kind of object the demo controller stamps.
     #[arg(long, value_enum, default_value = "configmaps")]
     demo_resource: DemoResource,
+    /// Feature gates, `Name=true|false,...` (upstream's names; `AllAlpha`/`AllBeta` accepted).
+    #[arg(long, default_value = "")]
+    feature_gates: FeatureGates,
     /// Reconciles running at once per namespace.
     #[arg(long, default_value_t = 3)]
     namespace_concurrency: usize,
@@ -206,7 +210,13 @@ async fn main() -> anyhow::Result<()> {
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
         .context("starting the actor tree")?;
-    tracing::info!(%identity, shards = space.count(), namespace = %flags.leader_election_namespace, "kruise-manager started");
+    tracing::info!(
+        %identity,
+        shards = space.count(),
+        namespace = %flags.leader_election_namespace,
+        feature_gates = ?flags.feature_gates.changed(),
+        "kruise-manager started"
+    );
 
     shutdown_signal().await?;
     tracing::info!("shutting down: releasing shards");

@@ -124,17 +124,23 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
 }
 
 #[tokio::test]
-async fn a_bad_rate_limit_stops_the_manager_with_a_clear_error() {
+async fn bad_flags_stop_the_manager_with_a_clear_error() {
     let tc = test_cluster().await;
     let ns = TestNamespace::create(&tc, "bad-flags").await;
-    let mut m = ManagerProcess::start(tc.cp, &ns.name, "bad-qps", &["--kube-api-qps=0"]);
-    eventually(Duration::from_secs(20), "the manager to exit", || {
-        let exited = m.process.check_running().is_err();
-        async move { exited }
-    })
-    .await;
-    let log = std::fs::read_to_string(&m.process.log).expect("manager log");
-    assert!(log.contains("invalid rate limit: qps 0 and burst 50 must both be positive"), "{log}");
+    let cases = [
+        ("bad-qps", "--kube-api-qps=0", "invalid rate limit: qps 0 and burst 50 must both be positive"),
+        ("bad-gate", "--feature-gates=PodWebhook=true,NoSuchGate=true", "unrecognized feature gate \"NoSuchGate\""),
+    ];
+    for (identity, flag, message) in cases {
+        let mut m = ManagerProcess::start(tc.cp, &ns.name, identity, &[flag]);
+        eventually(Duration::from_secs(20), "the manager to exit", || {
+            let exited = m.process.check_running().is_err();
+            async move { exited }
+        })
+        .await;
+        let log = std::fs::read_to_string(&m.process.log).expect("manager log");
+        assert!(log.contains(message), "{flag}: {log}");
+    }
 }
 
 /// One `demo reconciled` log line: (key, replica, start µs, end µs).
