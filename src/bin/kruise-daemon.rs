@@ -15,6 +15,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use prometheus::IntGauge;
 
 use kruise::features::FeatureGates;
+use kruise::runtime::client::{self, ClientMetrics};
 use kruise::runtime::flag_values::parse_listen_addr;
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::metrics::MetricsRegistry;
@@ -52,9 +53,9 @@ async fn main() -> anyhow::Result<()> {
         _ => bail!("NODE_NAME (or --node-name) is required unless --simulated is set"),
     };
     let registry = MetricsRegistry::new();
-    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref(), &registry)
-        .await
-        .context("connecting to the Kubernetes API")?;
+    let config = client::load_config(flags.kubeconfig.as_deref()).await.context("loading the Kubernetes config")?;
+    let client_metrics = ClientMetrics::register(&registry, &client::host_of(&config))?;
+    let client = client::counted_client(config, &client_metrics).context("building the client")?;
     let nodes_served = IntGauge::new("kruise_daemon_nodes_served", "Nodes this daemon process serves")?;
     registry.register(&nodes_served)?;
     let ready = Readiness::default();

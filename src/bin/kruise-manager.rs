@@ -13,6 +13,7 @@ use ractor::Actor;
 use kruise::controllers::demo::{DemoResource, DemoStamper};
 use kruise::features::FeatureGates;
 use kruise::runtime::api_writer::{WriterArgs, WriterMetrics};
+use kruise::runtime::client::{self, ClientMetrics};
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::lease::{LeaseStore, LeaseTimings};
@@ -66,6 +67,9 @@ struct Flags {
     /// Writes this replica may make at once above the rate (upstream: --rest-config-burst).
     #[arg(long, alias = "rest-config-burst", default_value_t = 50)]
     kube_api_burst: u32,
+    /// Writes this replica keeps on the wire at once; more wait (and coalesce) until one returns.
+    #[arg(long, default_value_t = 32)]
+    kube_api_max_in_flight: usize,
     /// Run the demo controller (stamps ConfigMaps labelled kruise.io/demo=true), which proves the
     /// sharded runtime end to end.
     #[arg(long)]
@@ -132,9 +136,11 @@ async fn main() -> anyhow::Result<()> {
     kruise::runtime::api_writer::check_rate_limit(flags.kube_api_qps, flags.kube_api_burst)?;
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
     let registry = MetricsRegistry::new();
-    let client = kruise::runtime::client::connect(flags.kubeconfig.as_deref(), &registry)
-        .await
-        .context("connecting to the Kubernetes API")?;
+    let config = client::load_config(flags.kubeconfig.as_deref()).await.context("loading the Kubernetes config")?;
+    let client_metrics = ClientMetrics::register(&registry, &client::host_of(&config))?;
+    let client = client::counted_client(config.clone(), &client_metrics).context("building the client")?;
+    // Leases get a connection pool of their own, so renewals never queue behind a burst of writes.
+    let lease_client = client::counted_client(config, &client_metrics).context("building the lease client")?;
     let metrics = ShardMetrics::register(&registry)?;
     let writer_metrics = WriterMetrics::register(&registry)?;
     let reconcile_metrics = ReconcileMetrics::register(&registry)?;
@@ -153,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         client: client.clone(),
         qps: flags.kube_api_qps,
         burst: flags.kube_api_burst,
+        max_in_flight: flags.kube_api_max_in_flight,
         metrics: writer_metrics,
     };
     // Controllers, each with the resources it watches.
@@ -197,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         caches_ready,
     });
     let coordinator = CoordinatorArgs {
-        store: LeaseStore::new(client, &flags.leader_election_namespace),
+        store: LeaseStore::new(lease_client, &flags.leader_election_namespace),
         identity: identity.clone(),
         space,
         timings,

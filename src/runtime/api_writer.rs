@@ -96,6 +96,7 @@ pub struct WriterMetrics {
     requests: IntCounterVec,
     coalesced: IntCounter,
     queue_depth: IntGauge,
+    in_flight: IntGauge,
     throttle_wait: Histogram,
 }
 
@@ -111,6 +112,7 @@ impl WriterMetrics {
             )?,
             coalesced: IntCounter::new("kruise_writer_coalesced_total", "Patches folded into a write already waiting")?,
             queue_depth: IntGauge::new("kruise_writer_queue_depth", "Writes waiting for a rate-limit token")?,
+            in_flight: IntGauge::new("kruise_writer_in_flight", "Writes sent and not yet answered")?,
             throttle_wait: Histogram::with_opts(
                 HistogramOpts::new("kruise_writer_throttle_wait_seconds", "Time a write waited for a rate-limit token")
                     .buckets(prometheus::exponential_buckets(0.001, 4.0, 9).unwrap_or_default()),
@@ -119,6 +121,7 @@ impl WriterMetrics {
         registry.register(&m.requests)?;
         registry.register(&m.coalesced)?;
         registry.register(&m.queue_depth)?;
+        registry.register(&m.in_flight)?;
         registry.register(&m.throttle_wait)?;
         Ok(m)
     }
@@ -130,6 +133,9 @@ pub struct WriterArgs {
     /// Requests per second and burst for this replica.
     pub qps: f64,
     pub burst: u32,
+    /// Writes on the wire at once. When the API server answers slower than the rate allows, the
+    /// rest wait here (and keep coalescing) instead of piling onto a struggling server.
+    pub max_in_flight: usize,
     pub metrics: WriterMetrics,
 }
 
@@ -143,6 +149,7 @@ pub struct WriterState {
     /// Objects in first-come order, so no object starves.
     order: VecDeque<String>,
     in_flight: HashSet<String>,
+    max_in_flight: usize,
     /// Objects waiting out a retry back-off.
     backing_off: HashSet<String>,
     flush_scheduled: bool,
@@ -188,6 +195,7 @@ impl Actor for ApiWriter {
             pending: HashMap::new(),
             order: VecDeque::new(),
             in_flight: HashSet::new(),
+            max_in_flight: args.max_in_flight.max(1),
             backing_off: HashSet::new(),
             flush_scheduled: false,
             backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(10) },
@@ -212,6 +220,7 @@ impl Actor for ApiWriter {
             }
         }
         st.metrics.queue_depth.set(st.pending.values().map(|q| q.len() as i64).sum());
+        st.metrics.in_flight.set(st.in_flight.len() as i64);
         st.schedule_flush(&myself);
         Ok(())
     }
@@ -251,6 +260,9 @@ impl WriterState {
     }
 
     fn sendable(&self) -> Option<usize> {
+        if self.in_flight.len() >= self.max_in_flight {
+            return None;
+        }
         self.order.iter().position(|k| !self.in_flight.contains(k) && !self.backing_off.contains(k))
     }
 

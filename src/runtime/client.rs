@@ -28,8 +28,6 @@ pub enum ClientError {
     Build(#[from] kube::Error),
     #[error("no usable configuration (in-cluster, KUBECONFIG or ~/.kube/config): {0}")]
     Infer(#[from] kube::config::InferConfigError),
-    #[error("registering the client metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 /// The client's request metrics.
@@ -149,27 +147,30 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
-/// A client from `--kubeconfig` when given, else the usual inference (in-cluster service account,
-/// `KUBECONFIG`, `~/.kube/config`), counting its requests into `registry`.
-pub async fn connect(kubeconfig: Option<&Path>, registry: &MetricsRegistry) -> Result<Client, ClientError> {
-    let config = match kubeconfig {
+/// The configuration from `--kubeconfig` when given, else the usual inference (in-cluster
+/// service account, `KUBECONFIG`, `~/.kube/config`).
+pub async fn load_config(kubeconfig: Option<&Path>) -> Result<kube::Config, ClientError> {
+    match kubeconfig {
         Some(path) => {
             let err = |message: String| ClientError::Kubeconfig { path: path.display().to_string(), message };
             let kc = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| err(e.to_string()))
         }
-        None => kube::Config::infer().await?,
-    };
-    counted_client(config, registry)
+        None => Ok(kube::Config::infer().await?),
+    }
 }
 
-/// A client for `config` whose requests are counted into `registry`.
-pub fn counted_client(config: kube::Config, registry: &MetricsRegistry) -> Result<Client, ClientError> {
-    let host = config.cluster_url.host().unwrap_or_default().to_string();
-    let metrics = ClientMetrics::register(registry, &host)?;
-    Ok(ClientBuilder::try_from(config)?.with_layer(&CountingLayer(metrics)).build())
+/// A client for `config` whose requests are counted in `metrics`. Each client has its own
+/// connection pool.
+pub fn counted_client(config: kube::Config, metrics: &ClientMetrics) -> Result<Client, ClientError> {
+    Ok(ClientBuilder::try_from(config)?.with_layer(&CountingLayer(metrics.clone())).build())
+}
+
+/// The API server's host, for `rest_client_requests_total{host}`.
+pub fn host_of(config: &kube::Config) -> String {
+    config.cluster_url.host().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

@@ -93,6 +93,8 @@ impl Actor for ShardCoordinator {
         match msg {
             CoordinatorMsg::Tick => {
                 let period = state.args.timings.retry_period;
+                // Shards that lapsed while no round ran are reported lost before anything renews them.
+                state.expire_lapsed();
                 // A round must not outlive the renew deadline: past it our shards are fenced anyway.
                 let round = tokio::time::timeout(state.args.timings.renew_deadline, state.round());
                 match round.await {
@@ -169,24 +171,41 @@ impl CoordinatorState {
             holders: &view,
             preferred_start: self.preferred_start,
         };
-        let until = started + self.args.timings.renew_deadline;
         let duration = self.args.timings.lease_duration;
-        for action in shard_plan::plan(&input) {
-            let result = match action {
-                ShardAction::Renew(s) => self.write(s, holders.get(&s).map(|(_, l)| lease::renewed(l, duration))).await,
-                ShardAction::Acquire(s) => {
-                    self.write(s, holders.get(&s).map(|(_, l)| lease::acquired(l, &me, duration))).await
-                }
-                ShardAction::Create(s) => {
-                    let l = lease::new_lease(&shard_lease_name(s), ROLE_SHARD, &me, duration);
-                    self.args.store.create(&l).await.map(|_| ())
-                }
-                ShardAction::Release(s) => {
-                    // Stop acting on the shard before anyone else can take it.
-                    self.give_up(s, "released");
-                    self.write(s, holders.get(&s).map(|(_, l)| lease::released(l))).await
-                }
-            };
+        let renew_deadline = self.args.timings.renew_deadline;
+        // Stop acting on released shards before anyone else can take them.
+        let actions = shard_plan::plan(&input);
+        for action in &actions {
+            if let ShardAction::Release(s) = action {
+                self.give_up(*s, "released");
+            }
+        }
+        // The writes go out together: on a loaded API server, one at a time could outlast the
+        // renew deadline. Each shard is held until its own write's start plus the renew deadline:
+        // the server saw the renewal no earlier, so nobody can take the lease before then.
+        let this = &*self;
+        let writes = actions.iter().map(|action| {
+            let me = &me;
+            let holders = &holders;
+            async move {
+                let sent = Instant::now();
+                let result = match *action {
+                    ShardAction::Renew(s) => {
+                        this.write(s, holders.get(&s).map(|(_, l)| lease::renewed(l, duration))).await
+                    }
+                    ShardAction::Acquire(s) => {
+                        this.write(s, holders.get(&s).map(|(_, l)| lease::acquired(l, me, duration))).await
+                    }
+                    ShardAction::Create(s) => {
+                        let l = lease::new_lease(&shard_lease_name(s), ROLE_SHARD, me, duration);
+                        this.args.store.create(&l).await.map(|_| ())
+                    }
+                    ShardAction::Release(s) => this.write(s, holders.get(&s).map(|(_, l)| lease::released(l))).await,
+                };
+                (*action, sent, result)
+            }
+        });
+        for (action, sent, result) in futures::future::join_all(writes).await {
             match (action, result) {
                 (ShardAction::Renew(s) | ShardAction::Acquire(s) | ShardAction::Create(s), Ok(())) => {
                     if !self.args.ownership.holds(s) {
@@ -194,7 +213,7 @@ impl CoordinatorState {
                         self.args.metrics.shard_handoffs.with_label_values(&["acquired"]).inc();
                         self.args.metrics.leader_status.with_label_values(&[&shard_lease_name(s)]).set(1);
                     }
-                    self.args.ownership.grant(s, until);
+                    self.args.ownership.grant(s, sent + renew_deadline);
                 }
                 (ShardAction::Release(_), Ok(())) => {}
                 (_, Err(LeaseError::Conflict(name))) => debug!(lease = name, "lost a lease race"),
@@ -205,14 +224,15 @@ impl CoordinatorState {
             }
         }
         self.args.metrics.shards_held.set(self.args.ownership.held().len() as i64);
-        self.lead(leader, until).await;
+        self.lead(leader).await;
         Ok(())
     }
 
     /// Takes or keeps the leader lease when it is free or ours.
-    async fn lead(&self, leader: Option<(Holder, &Lease)>, until: Instant) {
+    async fn lead(&self, leader: Option<(Holder, &Lease)>) {
         let me = &self.args.identity;
         let d = self.args.timings.lease_duration;
+        let sent = Instant::now();
         let result = match leader {
             None => self.args.store.create(&lease::new_lease(LEADER_LEASE_NAME, ROLE_LEADER, me, d)).await,
             Some((Holder::Me, l)) => self.args.store.update(&lease::renewed(l, d)).await,
@@ -224,7 +244,7 @@ impl CoordinatorState {
                 if !self.args.leadership.is_leader() {
                     info!("became leader");
                 }
-                self.args.leadership.grant(until);
+                self.args.leadership.grant(sent + self.args.timings.renew_deadline);
                 self.set_leader_metrics(true);
             }
             Err(LeaseError::Conflict(_)) => {}

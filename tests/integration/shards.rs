@@ -290,6 +290,7 @@ const DESIGN_METRIC_NAMES: &[&str] = &[
     "kruise_writer_throttle_wait_seconds",
     "kruise_writer_coalesced_total",
     "kruise_writer_requests_total",
+    "kruise_writer_in_flight",
     "kruise_rest_client_response_bytes_total",
     "kruise_watch_events_received_total",
     "kruise_watch_events_filtered_total",

@@ -1,5 +1,6 @@
-//! The ApiWriter against the real API server: it keeps to its token bucket, and folds a burst of
-//! patches to one object into a few requests with the final state intact.
+//! The ApiWriter against the real API server: it keeps to its token bucket and its bound on
+//! writes in flight, and folds a burst of patches to one object into a few requests with the final
+//! state intact.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,10 +18,15 @@ use kruise::runtime::metrics::MetricsRegistry;
 
 use crate::support::{TestNamespace, test_cluster};
 
-async fn start_writer(client: kube::Client, qps: f64, burst: u32) -> (ActorRef<WriterMsg>, MetricsRegistry) {
+async fn start_writer(
+    client: kube::Client,
+    qps: f64,
+    burst: u32,
+    max_in_flight: usize,
+) -> (ActorRef<WriterMsg>, MetricsRegistry) {
     let registry = MetricsRegistry::new();
     let metrics = WriterMetrics::register(&registry).expect("metrics");
-    let args = WriterArgs { client, qps, burst, metrics };
+    let args = WriterArgs { client, qps, burst, max_in_flight, metrics };
     let (writer, _) = Actor::spawn(None, ApiWriter, args).await.expect("writer");
     (writer, registry)
 }
@@ -71,7 +77,7 @@ async fn a_burst_of_patches_to_one_object_coalesces_and_ends_in_the_final_state(
     let ns = TestNamespace::create(&tc, "writer-coalesce").await;
     create_config_maps(&tc.client, &ns.name, &["counter".to_string()]).await;
     // One token every 500 ms: after the first request, everything else waits and folds.
-    let (writer, registry) = start_writer(tc.client.clone(), 2.0, 1).await;
+    let (writer, registry) = start_writer(tc.client.clone(), 2.0, 1, 32).await;
 
     let started = Instant::now();
     let writes = (0..100)
@@ -109,7 +115,7 @@ async fn writes_keep_to_the_token_bucket() {
     let names: Vec<String> = (0..45).map(|i| format!("cm-{i}")).collect();
     create_config_maps(&tc.client, &ns.name, &names).await;
     let (qps, burst) = (20.0, 5);
-    let (writer, registry) = start_writer(tc.client.clone(), qps, burst).await;
+    let (writer, registry) = start_writer(tc.client.clone(), qps, burst, 32).await;
 
     let started = Instant::now();
     let writes = names.iter().map(|n| (target(&ns.name, n), json!({ "data": { "touched": "yes" } }))).collect();
@@ -127,5 +133,40 @@ async fn writes_keep_to_the_token_bucket() {
         elapsed + Duration::from_millis(50) >= floor,
         "45 writes took {elapsed:?}, under the bucket's floor {floor:?}"
     );
+    writer.stop(None);
+}
+
+#[tokio::test]
+async fn no_more_writes_are_in_flight_than_allowed() {
+    let tc = test_cluster().await;
+    let ns = TestNamespace::create(&tc, "writer-inflight").await;
+    let names: Vec<String> = (0..40).map(|i| format!("cm-{i}")).collect();
+    create_config_maps(&tc.client, &ns.name, &names).await;
+    // The bucket would let all 40 out at once; the in-flight bound must not.
+    let (writer, registry) = start_writer(tc.client.clone(), 1000.0, 1000, 2).await;
+
+    let writes = names.iter().map(|n| (target(&ns.name, n), json!({ "data": { "touched": "yes" } }))).collect();
+    let sampler = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut most = 0.0f64;
+            loop {
+                most = most.max(metric(&registry, "kruise_writer_in_flight"));
+                if metric(
+                    &registry,
+                    "kruise_writer_requests_total{code=\"200\",resource=\"configmaps\",verb=\"patch\"}",
+                ) >= 40.0
+                {
+                    return most;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+    let results = write_all(&writer, writes).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let most = tokio::time::timeout(Duration::from_secs(10), sampler).await.expect("sampler done").expect("sampler");
+    eprintln!("most writes in flight at once: {most}");
+    assert!((1.0..=2.0).contains(&most), "{most} writes were in flight at once, over the bound of 2");
     writer.stop(None);
 }

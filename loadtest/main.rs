@@ -1,0 +1,427 @@
+//! `kruise-loadtest`: benchmarks of kruise-rs against a real local control plane. Not a test:
+//! it reports figures, it asserts nothing about speed.
+//!
+//! ```text
+//! kruise-loadtest shards [--objects 10000] [--namespaces 1000] [--replicas 1,3] [--server-sharding on,off]
+//! ```
+//! `shards` seeds labelled ConfigMaps across namespaces, then for each API-server setting
+//! (`ShardedListAndWatch` on/off) and replica count starts that many `kruise-manager` replicas
+//! running the demo controller (which stamps every object once) and measures: time from start
+//! until every object carries a stamp from this run, peak RSS and CPU time per replica, bytes
+//! received on watch streams and in total, API requests made, and how the objects were split.
+//! Ratios are against the first configuration measured in the same run, since shared machines
+//! are noisy. Build with `--release` to measure what ships.
+
+// Shared with the integration tests and kruise-dev, which use parts this binary does not.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/cluster/mod.rs"]
+mod cluster;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+use cluster::process::{Component, http_get};
+use cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
+use kruise::controllers::demo::{DEMO_LABEL, RECONCILED_BY};
+
+#[derive(Parser)]
+#[command(name = "kruise-loadtest", about = "Benchmarks kruise-rs against a real local control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Sharded runtime: time to reconcile every object once, memory, watch bytes and requests,
+    /// for several replica counts, with server-side sharding on and off.
+    Shards(ShardsArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ShardsArgs {
+    /// Objects (ConfigMaps) to reconcile.
+    #[arg(long, default_value_t = 10_000)]
+    objects: usize,
+    /// Namespaces the objects are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    namespaces: usize,
+    /// Replica counts to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    replicas: Vec<usize>,
+    /// API server `ShardedListAndWatch` settings to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "on,off")]
+    server_sharding: Vec<OnOff>,
+    /// Bytes of data in each ConfigMap (the demo reads none of it, so stores drop it).
+    #[arg(long, default_value_t = 512)]
+    payload_bytes: usize,
+    /// Per-replica write budget; high, so the benchmark measures the runtime rather than the limit.
+    #[arg(long, default_value_t = 2000.0)]
+    kube_api_qps: f64,
+    #[arg(long, default_value_t = 2000)]
+    kube_api_burst: u32,
+    /// Give up on one configuration after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+    /// The kruise-manager to run; by default the one next to this binary.
+    #[arg(long)]
+    manager_bin: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// What one configuration measured.
+struct RunResult {
+    sharding: OnOff,
+    replicas: usize,
+    seconds: f64,
+    per_replica: Vec<ReplicaFigures>,
+}
+
+#[derive(Default, Clone)]
+struct ReplicaFigures {
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    watch_mib: f64,
+    received_mib: f64,
+    requests: f64,
+    writes: f64,
+    objects_cached: f64,
+    events_received: f64,
+    events_filtered: f64,
+    relists: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // kube logs every failed readiness probe of a starting API server at ERROR: not news here.
+    kruise::runtime::logging::init("warn,kube_client=off");
+    match Cli::parse().command {
+        Cmd::Shards(args) => shards(args).await,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
+}
+
+async fn shards(args: ShardsArgs) -> anyhow::Result<()> {
+    let manager = match &args.manager_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kruise-manager"),
+    };
+    if !manager.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release --bin kruise-manager) or pass --manager-bin",
+            manager.display()
+        );
+    }
+    println!("# kruise-loadtest shards: {} objects in {} namespaces", args.objects, args.namespaces);
+    println!("machine: {}; manager: {}", machine(), manager.display());
+    let mut results = Vec::new();
+    for sharding in &args.server_sharding {
+        let gate = if *sharding == OnOff::On { "true" } else { "false" };
+        let cp = ControlPlane::start(ControlPlaneConfig {
+            name: "loadtest".into(),
+            nodes: 0,
+            feature_gates: vec![format!("ShardedListAndWatch={gate}")],
+            scheduler: false,
+            controller_manager: false,
+            lifetime: Lifetime::TiedToProcess,
+            ..Default::default()
+        })
+        .await
+        .context("starting the control plane")?;
+        let client = cp.admin_client().await?;
+        let t = Instant::now();
+        seed(&client, &args).await?;
+        println!("ShardedListAndWatch={gate}: seeded {} objects in {:.1}s", args.objects, t.elapsed().as_secs_f64());
+        for (i, replicas) in args.replicas.iter().enumerate() {
+            // Distinct per configuration, so each run's stamps are told from the previous one's.
+            let run = format!("{}-r{replicas}-{i}", if *sharding == OnOff::On { "on" } else { "off" });
+            let r = measure(&cp, &client, &manager, &args, &run, *replicas, *sharding).await?;
+            report_one(&r);
+            results.push(r);
+        }
+    }
+    report(&results, &args);
+    Ok(())
+}
+
+/// Namespaces `lt-<hash>` (hashed, not sequential: FNV-1a leaves sequential names unevenly
+/// spread) with the objects spread evenly over them.
+async fn seed(client: &Client, args: &ShardsArgs) -> anyhow::Result<()> {
+    let namespaces: Vec<String> = (0..args.namespaces).map(|i| format!("lt-{:08x}", mix(i as u64) as u32)).collect();
+    futures::stream::iter(namespaces.clone())
+        .map(|name| {
+            let api: Api<Namespace> = Api::all(client.clone());
+            async move {
+                let ns =
+                    Namespace { metadata: ObjectMeta { name: Some(name), ..Default::default() }, ..Default::default() };
+                api.create(&PostParams::default(), &ns).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .context("creating namespaces")?;
+    let payload = "x".repeat(args.payload_bytes);
+    futures::stream::iter(0..args.objects)
+        .map(|i| {
+            let ns = &namespaces[i % namespaces.len()];
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(format!("obj-{i}")),
+                    labels: Some(BTreeMap::from([(DEMO_LABEL.to_string(), "true".to_string())])),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([("payload".to_string(), payload.clone())])),
+                ..Default::default()
+            };
+            async move { api.create(&PostParams::default(), &cm).await.map(|_| ()) }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await
+        .context("creating ConfigMaps")?;
+    Ok(())
+}
+
+/// SplitMix64: spreads consecutive integers over the whole range.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Replica {
+    identity: String,
+    metrics_addr: String,
+    process: Component,
+}
+
+async fn measure(
+    cp: &ControlPlane,
+    client: &Client,
+    manager: &Path,
+    args: &ShardsArgs,
+    run: &str,
+    replicas: usize,
+    sharding: OnOff,
+) -> anyhow::Result<RunResult> {
+    let lease_ns = format!("kruise-{run}");
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &Namespace {
+            metadata: ObjectMeta { name: Some(lease_ns.clone()), ..Default::default() },
+            ..Default::default()
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for i in 0..replicas {
+        let identity = format!("{run}-m{i}");
+        let metrics_addr = format!("127.0.0.1:{}", cluster::control_plane::free_port()?);
+        let flags = vec![
+            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+            format!("--identity={identity}"),
+            format!("--leader-election-namespace={lease_ns}"),
+            format!("--metrics-addr={metrics_addr}"),
+            format!("--health-probe-addr={metrics_addr}"),
+            format!("--kube-api-qps={}", args.kube_api_qps),
+            format!("--kube-api-burst={}", args.kube_api_burst),
+            "--demo-controller".to_string(),
+        ];
+        let process = Component::spawn(&identity, manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
+        running.push(Replica { identity, metrics_addr, process });
+    }
+
+    // Done when every object carries a stamp from this run. The replicas' write counters say when
+    // to look; a metadata-only list confirms.
+    let cms: Api<ConfigMap> = Api::all(client.clone());
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let prefix = format!("{run}-");
+    loop {
+        let mut writes = 0.0;
+        for r in &mut running {
+            r.process
+                .check_running()
+                .with_context(|| format!("{} exited; see {}", r.identity, r.process.log.display()))?;
+            writes += scrape(&r.metrics_addr).await.sum("kruise_writer_requests_total", "code=\"200\"");
+        }
+        if writes >= args.objects as f64 {
+            let list = cms.list_metadata(&ListParams::default().labels(&format!("{DEMO_LABEL}=true"))).await?;
+            let stamped = list
+                .items
+                .iter()
+                .filter(|o| {
+                    o.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(RECONCILED_BY))
+                        .is_some_and(|v| v.starts_with(&prefix))
+                })
+                .count();
+            if stamped >= args.objects {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{replicas} replicas did not stamp {} objects within {}s", args.objects, args.timeout_secs);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let mut per_replica = Vec::new();
+    for r in &running {
+        let m = scrape(&r.metrics_addr).await;
+        let proc_figures = process_figures(r.process.pid());
+        per_replica.push(ReplicaFigures {
+            peak_rss_mib: proc_figures.0,
+            cpu_seconds: proc_figures.1,
+            watch_mib: m.sum("kruise_rest_client_response_bytes_total", "verb=\"watch\"") / MIB,
+            received_mib: m.sum("kruise_rest_client_response_bytes_total", "") / MIB,
+            requests: m.sum("rest_client_requests_total", ""),
+            writes: m.sum("kruise_writer_requests_total", ""),
+            objects_cached: m.sum("kruise_watch_cache_objects", ""),
+            events_received: m.sum("kruise_watch_events_received_total", ""),
+            events_filtered: m.sum("kruise_watch_events_filtered_total", ""),
+            relists: m.sum("kruise_watch_relists_total", ""),
+        });
+    }
+    let logs = cluster::repo_root().join("target/loadtest-logs");
+    std::fs::create_dir_all(&logs)?;
+    for r in &mut running {
+        r.process.stop(Duration::from_secs(15));
+        let _ = std::fs::copy(&r.process.log, logs.join(format!("{}.log", r.identity)));
+    }
+    let _ = nss.delete(&lease_ns, &DeleteParams::background()).await;
+    Ok(RunResult { sharding, replicas, seconds, per_replica })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Peak RSS (MiB) and CPU time (s) of a process, from /proc.
+fn process_figures(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'; utime and stime
+    // are fields 14 and 15 of the whole line.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz.max(1.0))
+}
+
+/// A scrape of /metrics.
+struct Scrape(String);
+
+async fn scrape(addr: &str) -> Scrape {
+    Scrape(http_get(addr, "/metrics").await.unwrap_or_default())
+}
+
+impl Scrape {
+    /// The sum of every series of `name` whose labels contain `label` (empty: all series).
+    fn sum(&self, name: &str, label: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+                (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok()).flatten()
+            })
+            .sum()
+    }
+}
+
+fn label(r: &RunResult) -> String {
+    format!("{} replica(s), server sharding {}", r.replicas, if r.sharding == OnOff::On { "on" } else { "off" })
+}
+
+fn report_one(r: &RunResult) {
+    println!("\n## {}: all reconciled in {:.1}s", label(r), r.seconds);
+    println!(
+        "| replica | objects cached | peak RSS MiB | CPU s | watch MiB | all responses MiB | requests | writes | objects received | filtered client-side | lists |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (i, f) in r.per_replica.iter().enumerate() {
+        println!(
+            "| {i} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            f.objects_cached,
+            f.peak_rss_mib,
+            f.cpu_seconds,
+            f.watch_mib,
+            f.received_mib,
+            f.requests,
+            f.writes,
+            f.events_received,
+            f.events_filtered,
+            f.relists
+        );
+    }
+}
+
+fn report(results: &[RunResult], args: &ShardsArgs) {
+    let Some(base) = results.first() else { return };
+    println!("\n## Summary ({} objects, {} namespaces; ratios against the first row)", args.objects, args.namespaces);
+    println!(
+        "| configuration | time s | ×time | max peak RSS MiB | total watch MiB | total received MiB | total requests |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in results {
+        let max_rss = r.per_replica.iter().map(|f| f.peak_rss_mib).fold(0.0, f64::max);
+        let watch: f64 = r.per_replica.iter().map(|f| f.watch_mib).sum();
+        let received: f64 = r.per_replica.iter().map(|f| f.received_mib).sum();
+        let requests: f64 = r.per_replica.iter().map(|f| f.requests).sum();
+        println!(
+            "| {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} |",
+            label(r),
+            r.seconds,
+            r.seconds / base.seconds,
+            max_rss,
+            watch,
+            received,
+            requests
+        );
+    }
+}
