@@ -5,9 +5,10 @@
 //! annotation, nothing a [`Trim`] says no controller reads), objects of shards given up are
 //! forgotten, and the store tells replayed events (same resourceVersion) from real changes so a
 //! re-list after a broken watch reconciles only what changed, including what was deleted while
-//! the watch was down.
+//! the watch was down. A re-list arrives page by page: each object is applied as it comes and the
+//! keys seen are kept, so nothing holds a whole untrimmed list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kube::api::DynamicObject;
@@ -52,15 +53,6 @@ pub fn key_of(o: &DynamicObject) -> ObjectKey {
 
 fn same_version(old: &DynamicObject, new: &DynamicObject) -> bool {
     old.metadata.resource_version.is_some() && old.metadata.resource_version == new.metadata.resource_version
-}
-
-/// What a re-list changed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Relisted {
-    /// Objects new to the store or with a new resourceVersion.
-    pub changed: Vec<ObjectKey>,
-    /// Objects the store had that the list no longer has: deleted while the watch was down.
-    pub vanished: Vec<ObjectKey>,
 }
 
 /// Shared by the WatchHub (the only writer) and the reconcilers (readers).
@@ -113,30 +105,19 @@ impl ObjectStore {
         self.write().remove(&(namespace.to_string(), name.to_string())).is_some()
     }
 
-    /// Takes a fresh list of everything in the namespaces `in_scope` accepts and returns what
-    /// changed since the store last saw them.
-    pub fn relist(&self, listed: Vec<DynamicObject>, in_scope: impl Fn(&str) -> bool) -> Relisted {
-        let mut out = Relisted::default();
-        let mut objects = self.write();
-        let mut seen = std::collections::HashSet::with_capacity(listed.len());
-        for o in listed {
-            let key = key_of(&o);
-            seen.insert(key.clone());
-            let same = objects.get(&key).is_some_and(|old| same_version(old, &o));
-            if !same {
-                objects.insert(key.clone(), Arc::new(o));
-                out.changed.push(key);
-            }
-        }
-        objects.retain(|key, _| {
+    /// Ends a re-list: forgets the objects of the namespaces `in_scope` accepts that the list
+    /// did not have (`seen`), deleted while the watch was down, and returns their keys.
+    pub fn remove_unseen(&self, seen: &HashSet<ObjectKey>, in_scope: impl Fn(&str) -> bool) -> Vec<ObjectKey> {
+        let mut vanished = Vec::new();
+        self.write().retain(|key, _| {
             let gone = in_scope(&key.0) && !seen.contains(key);
             if gone {
-                out.vanished.push(key.clone());
+                vanished.push(key.clone());
             }
             !gone
         });
-        out.vanished.sort();
-        out
+        vanished.sort();
+        vanished
     }
 
     /// Forgets every object of the namespaces `keep` rejects (shards this replica gave up).
@@ -200,11 +181,18 @@ mod tests {
         for o in [obj("a", "same", "1"), obj("a", "edited", "1"), obj("a", "deleted", "1"), obj("z", "other", "1")] {
             s.apply(o);
         }
-        let listed = vec![obj("a", "same", "1"), obj("a", "edited", "5"), obj("a", "new", "6")];
+        let mut seen = HashSet::new();
+        let mut changed = Vec::new();
+        for o in [obj("a", "same", "1"), obj("a", "edited", "5"), obj("a", "new", "6")] {
+            seen.insert(key_of(&o));
+            let k = key_of(&o);
+            if s.apply(o) {
+                changed.push(k);
+            }
+        }
+        assert_eq!(changed, vec![key("a", "edited"), key("a", "new")]);
         // Namespace z is in a shard this list did not cover: its objects must stay.
-        let r = s.relist(listed, |ns| ns == "a");
-        assert_eq!(r.changed, vec![key("a", "edited"), key("a", "new")]);
-        assert_eq!(r.vanished, vec![key("a", "deleted")]);
+        assert_eq!(s.remove_unseen(&seen, |ns| ns == "a"), vec![key("a", "deleted")]);
         assert_eq!(s.len(), 4);
         assert!(s.get("z", "other").is_some());
         assert_eq!(s.in_namespace("a").len(), 3);

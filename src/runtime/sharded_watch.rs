@@ -9,6 +9,7 @@
 //!
 //! Updates go into a bounded channel: a slow consumer slows the watch instead of growing a queue.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -87,18 +88,25 @@ pub fn resource_of(url_path: &str) -> &str {
     url_path.rsplit('/').next().unwrap_or_default()
 }
 
-/// What a sharded watch reports.
+/// What a sharded watch reports. A (re)list arrives as `Relisting`, its pages, then `Listed`:
+/// consumers never hold more than a page of untrimmed objects at once.
 #[derive(Debug)]
 pub enum WatchUpdate<K> {
-    /// A (re)list: every object of the shards now. `server_filtered` tells whether the API server
-    /// applied the shard selector itself.
+    /// A (re)list begins: whatever pages came before belong to an abandoned list.
+    Relisting,
+    /// Objects of the shards, one page of the list.
+    Page(Vec<K>),
+    /// The list is complete: an object of the shards in none of its pages no longer exists.
+    /// `server_filtered` tells whether the API server applied the shard selector itself.
     Listed {
-        objects: Vec<K>,
         server_filtered: bool,
     },
     Applied(K),
     Deleted(K),
 }
+
+/// Objects per list page, as client-go's reflector.
+const LIST_PAGE_SIZE: u32 = 500;
 
 /// Access to the namespace of an object, for client-side filtering.
 pub trait HasMeta {
@@ -111,12 +119,37 @@ impl<K: kube::Resource> HasMeta for K {
     }
 }
 
+/// The set of shards a running watch delivers, shared with its owner. Narrowing it (giving shards
+/// up) takes effect at once without a new list; widening it needs a new watch, whose list brings
+/// the added shards' objects.
+#[derive(Clone, Debug, Default)]
+pub struct ShardFilter(Arc<RwLock<Vec<ShardId>>>);
+
+impl ShardFilter {
+    pub fn new(shards: Vec<ShardId>) -> Self {
+        Self(Arc::new(RwLock::new(shards)))
+    }
+
+    pub fn set(&self, shards: Vec<ShardId>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = shards;
+    }
+
+    pub fn get(&self) -> Vec<ShardId> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn contains(&self, shard: ShardId) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&shard)
+    }
+}
+
 pub struct ShardedWatch {
     pub client: Client,
     /// The collection's path, e.g. `/api/v1/pods`.
     pub url_path: String,
     pub space: ShardSpace,
-    pub shards: Vec<ShardId>,
+    /// The shards whose objects to deliver; the owner may narrow it while the watch runs.
+    pub shards: ShardFilter,
     pub label_selector: Option<String>,
     pub metrics: WatchMetrics,
 }
@@ -144,7 +177,7 @@ fn with_shard_selector(mut req: http::Request<Vec<u8>>, selector: &str) -> http:
 impl ShardedWatch {
     fn ours<K: HasMeta>(&self, o: &K) -> bool {
         let ns = o.meta().namespace.as_deref().unwrap_or_default();
-        let ours = self.shards.contains(&self.space.shard_of_key(ns));
+        let ours = self.shards.contains(self.space.shard_of_key(ns));
         if !ours {
             self.metrics.filtered.with_label_values(&[self.resource()]).inc();
         }
@@ -165,7 +198,6 @@ impl ShardedWatch {
     where
         K: Clone + DeserializeOwned + HasMeta + Send + 'static,
     {
-        let Some(selector) = self.space.selector(&self.shards) else { return };
         // The filtered series exists from the start, at zero where the server does the filtering.
         self.metrics.filtered.with_label_values(&[self.resource()]);
         let request = Request::new(self.url_path.clone());
@@ -175,27 +207,47 @@ impl ShardedWatch {
             if failures > 0 {
                 tokio::time::sleep(backoff.delay(failures)).await;
             }
-            let mut lp = ListParams::default();
-            if let Some(l) = &self.label_selector {
-                lp = lp.labels(l);
+            // Each (re)list asks the server for the shards held now.
+            let Some(selector) = self.space.selector(&self.shards.get()) else { return };
+            if tx.send(WatchUpdate::Relisting).await.is_err() {
+                return;
             }
-            let Ok(req) = request.list(&lp) else { return };
-            let list: ObjectList<K> = match self.client.request(with_shard_selector(req, &selector)).await {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(path = %self.url_path, error = %e, "sharded list failed");
-                    failures += 1;
-                    continue;
+            let mut server_filtered = true;
+            let mut continue_token: Option<String> = None;
+            let mut version = loop {
+                let mut lp = ListParams::default().limit(LIST_PAGE_SIZE);
+                if let Some(l) = &self.label_selector {
+                    lp = lp.labels(l);
+                }
+                if let Some(t) = &continue_token {
+                    lp = lp.continue_token(t);
+                }
+                let Ok(req) = request.list(&lp) else { return };
+                let page: ObjectList<K> = match self.client.request(with_shard_selector(req, &selector)).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // Also an expired continue token (410): the list starts over.
+                        warn!(path = %self.url_path, error = %e, "sharded list failed");
+                        failures += 1;
+                        continue 'relist;
+                    }
+                };
+                server_filtered &= page.metadata.shard_info.as_ref().is_some_and(|i| i.selector == selector);
+                self.received("list", page.items.len());
+                let objects: Vec<K> = page.items.into_iter().filter(|o| self.ours(o)).collect();
+                if !objects.is_empty() && tx.send(WatchUpdate::Page(objects)).await.is_err() {
+                    return;
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(c) => continue_token = Some(c),
+                    // Every page is of one snapshot; the watch starts from it.
+                    None => break page.metadata.resource_version.unwrap_or_default(),
                 }
             };
             failures = 0;
-            let server_filtered = list.metadata.shard_info.as_ref().is_some_and(|i| i.selector == selector);
             self.metrics.relists.with_label_values(&[self.resource()]).inc();
             self.metrics.server_sharded.with_label_values(&[self.resource()]).set(i64::from(server_filtered));
-            self.received("list", list.items.len());
-            let mut version = list.metadata.resource_version.clone().unwrap_or_default();
-            let objects: Vec<K> = list.items.into_iter().filter(|o| self.ours(o)).collect();
-            if tx.send(WatchUpdate::Listed { objects, server_filtered }).await.is_err() {
+            if tx.send(WatchUpdate::Listed { server_filtered }).await.is_err() {
                 return;
             }
             loop {

@@ -11,7 +11,7 @@
 //! Updates carry the generation of the watches that produced them, so those still queued from
 //! watches already replaced cannot bring back objects of a shard given up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use kube::Client;
@@ -23,11 +23,11 @@ use tracing::{info, warn};
 
 use super::http::ReadyCondition;
 use super::namespace_actor::NamespaceArgs;
-use super::object_store::{ObjectStore, Trim, key_of};
+use super::object_store::{ObjectKey, ObjectStore, Trim, key_of};
 use super::ownership::ShardOwnership;
 use super::shard::{ShardId, ShardSpace};
 use super::shard_actor::{ShardActor, ShardArgs, ShardMsg};
-use super::sharded_watch::{ShardedWatch, WatchMetrics, WatchUpdate};
+use super::sharded_watch::{ShardFilter, ShardedWatch, WatchMetrics, WatchUpdate};
 
 /// A resource type some controllers watch: one watch per replica whatever their number. Its
 /// objects' changes go to each of them, and the objects themselves into `store`, where they read
@@ -71,6 +71,10 @@ pub struct HubState {
     generation: u64,
     /// Per watch, whether the current generation has listed.
     listed: Vec<bool>,
+    /// Per watch, the keys the list in progress has delivered so far.
+    seen: Vec<HashSet<ObjectKey>>,
+    /// The shards the running watches deliver.
+    filter: ShardFilter,
 }
 
 pub struct WatchHub;
@@ -89,6 +93,8 @@ impl Actor for WatchHub {
             watch_tasks: Vec::new(),
             generation: 0,
             listed: Vec::new(),
+            seen: Vec::new(),
+            filter: ShardFilter::default(),
         })
     }
 
@@ -157,13 +163,24 @@ impl HubState {
                 self.shard_actors.insert(*s, a);
             }
         }
-        self.watch_tasks.drain(..).for_each(|t| t.abort());
-        self.generation += 1;
-        self.listed = vec![false; self.args.watches.len()];
         let space = self.args.space;
         for spec in &self.args.watches {
             spec.store.retain_namespaces(|ns| held.contains(&space.shard_of_key(ns)));
         }
+        // Only giving shards up: the running watches narrow their filter and need no new list
+        // (with the server's sharding off, a list is every object of the cluster).
+        let narrowing =
+            !self.watch_tasks.is_empty() && !held.is_empty() && held.iter().all(|s| self.served.contains(s));
+        if narrowing {
+            self.filter.set(held.clone());
+            self.served = held;
+            return Ok(());
+        }
+        self.watch_tasks.drain(..).for_each(|t| t.abort());
+        self.generation += 1;
+        self.listed = vec![false; self.args.watches.len()];
+        self.seen = vec![HashSet::new(); self.args.watches.len()];
+        self.filter = ShardFilter::new(held.clone());
         if !held.is_empty() {
             for (watch, spec) in self.args.watches.iter().enumerate() {
                 let (tx, mut rx) = mpsc::channel(256);
@@ -171,7 +188,7 @@ impl HubState {
                     client: self.args.client.clone(),
                     url_path: spec.url_path.clone(),
                     space,
-                    shards: held.clone(),
+                    shards: self.filter.clone(),
                     label_selector: spec.label_selector.clone(),
                     metrics: self.args.metrics.clone(),
                 };
@@ -200,12 +217,31 @@ impl HubState {
             o
         };
         match update {
-            WatchUpdate::Listed { objects, .. } => {
+            WatchUpdate::Relisting => {
+                if let Some(seen) = self.seen.get_mut(watch) {
+                    seen.clear();
+                }
+            }
+            WatchUpdate::Page(objects) => {
+                for o in objects {
+                    let key = key_of(&o);
+                    if !self.serves(&key.0) {
+                        continue;
+                    }
+                    if let Some(seen) = self.seen.get_mut(watch) {
+                        seen.insert(key.clone());
+                    }
+                    if store.apply(trimmed(o)) {
+                        self.route(&spec.controllers, key.0, key.1);
+                    }
+                }
+            }
+            WatchUpdate::Listed { .. } => {
                 let space = self.args.space;
                 let served = &self.served;
-                let relisted = store
-                    .relist(objects.into_iter().map(trimmed).collect(), |ns| served.contains(&space.shard_of_key(ns)));
-                for (namespace, name) in relisted.changed.into_iter().chain(relisted.vanished) {
+                let seen = self.seen.get_mut(watch).map(std::mem::take).unwrap_or_default();
+                let vanished = store.remove_unseen(&seen, |ns| served.contains(&space.shard_of_key(ns)));
+                for (namespace, name) in vanished {
                     self.route(&spec.controllers, namespace, name);
                 }
                 if let Some(l) = self.listed.get_mut(watch) {
@@ -217,7 +253,7 @@ impl HubState {
             }
             WatchUpdate::Applied(o) => {
                 let (namespace, name) = key_of(&o);
-                if store.apply(trimmed(o)) {
+                if self.serves(&namespace) && store.apply(trimmed(o)) {
                     self.route(&spec.controllers, namespace, name);
                 }
             }
@@ -228,6 +264,12 @@ impl HubState {
             }
         }
         self.args.metrics.set_cached(&spec.url_path, store.len());
+    }
+
+    /// Whether objects of `namespace` belong here: updates already queued when a shard was given
+    /// up must not bring its objects back.
+    fn serves(&self, namespace: &str) -> bool {
+        self.served.contains(&self.args.space.shard_of_key(namespace))
     }
 
     fn route(&self, controllers: &[&'static str], namespace: String, name: String) {

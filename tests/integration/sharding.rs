@@ -3,12 +3,15 @@
 
 use std::collections::BTreeSet;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
 use serde_json::Value;
 
 use kruise::runtime::metrics::MetricsRegistry;
 use kruise::runtime::shard::{ShardId, ShardSpace};
-use kruise::runtime::sharded_watch::{ShardedWatch, WatchMetrics, WatchUpdate, query_escape};
+use kruise::runtime::sharded_watch::{ShardFilter, ShardedWatch, WatchMetrics, WatchUpdate, query_escape};
 
 use crate::support::{TestNamespace, labelled_config_map, test_cluster};
 
@@ -80,17 +83,17 @@ async fn a_sharded_watch_delivers_exactly_its_shards_objects() {
         client: tc.client.clone(),
         url_path: "/api/v1/configmaps".into(),
         space,
-        shards: mine.clone(),
+        shards: ShardFilter::new(mine.clone()),
         label_selector: Some(format!("kruise-sharded-watch={run}")),
         metrics: WatchMetrics::register(&MetricsRegistry::new()).expect("metrics"),
     };
     let task = tokio::spawn(watch.run::<ConfigMap>(tx));
+    assert!(matches!(rx.recv().await, Some(WatchUpdate::Relisting)), "a watch starts with a list");
     match rx.recv().await.expect("the initial list") {
-        WatchUpdate::Listed { objects, server_filtered } => {
-            assert!(objects.is_empty(), "nothing labelled yet");
+        WatchUpdate::Listed { server_filtered } => {
             assert_eq!(server_filtered, gate_on, "the server filters exactly when the gate is on");
         }
-        _ => panic!("a watch starts with a list"),
+        other => panic!("nothing is labelled yet, so the list has no pages: {other:?}"),
     }
 
     // ConfigMaps in 12 namespaces; only those whose namespace hashes into shards 0-1 must arrive.
@@ -112,15 +115,72 @@ async fn a_sharded_watch_delivers_exactly_its_shards_objects() {
         let update = tokio::time::timeout_at(deadline, rx.recv()).await.expect("updates in time").expect("watch alive");
         let cm = match update {
             WatchUpdate::Applied(cm) | WatchUpdate::Deleted(cm) => cm,
-            WatchUpdate::Listed { objects, .. } => {
+            WatchUpdate::Page(objects) => {
                 received.extend(objects.iter().filter_map(|o| o.metadata.namespace.clone()));
                 continue;
             }
+            WatchUpdate::Relisting | WatchUpdate::Listed { .. } => continue,
         };
         let ns = cm.metadata.namespace.clone().unwrap_or_default();
         assert!(expected.contains(&ns), "received {ns}, which is not in shards {mine:?}");
         received.insert(ns);
     }
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_list_arrives_in_pages_and_ends_with_listed() {
+    let tc = test_cluster().await;
+    let ns = TestNamespace::create(&tc, "pages").await;
+    let api: Api<ConfigMap> = Api::namespaced(tc.client.clone(), &ns.name);
+    let count = 1200; // over two pages of 500
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            let label = ns.name.clone();
+            async move {
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(format!("cm-{i}")),
+                        labels: Some([("kruise-pages".to_string(), label)].into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &cm).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("create ConfigMaps");
+
+    let space = ShardSpace::new(4).expect("space");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let watch = ShardedWatch {
+        client: tc.client.clone(),
+        url_path: "/api/v1/configmaps".into(),
+        space,
+        shards: ShardFilter::new((0..4).map(ShardId).collect()),
+        label_selector: Some(format!("kruise-pages={}", ns.name)),
+        metrics: WatchMetrics::register(&MetricsRegistry::new()).expect("metrics"),
+    };
+    let task = tokio::spawn(watch.run::<ConfigMap>(tx));
+    assert!(matches!(rx.recv().await, Some(WatchUpdate::Relisting)));
+    let (mut pages, mut names) = (0, BTreeSet::new());
+    loop {
+        match rx.recv().await.expect("watch alive") {
+            WatchUpdate::Page(objects) => {
+                assert!(objects.len() <= 500, "a page holds at most 500 objects");
+                pages += 1;
+                names.extend(objects.into_iter().filter_map(|o| o.metadata.name));
+            }
+            WatchUpdate::Listed { .. } => break,
+            other => panic!("only pages before the list ends: {other:?}"),
+        }
+    }
+    assert_eq!(pages, 3, "1200 objects come in 3 pages");
+    assert_eq!(names.len(), count, "every object exactly once");
     task.abort();
 }
 
@@ -255,12 +315,20 @@ mod hub {
         // Give shard 0 up: its objects leave the store, the others stay.
         let shard0: BTreeSet<String> =
             held_namespaces.iter().filter(|ns| space.shard_of_key(ns) == ShardId(0)).cloned().collect();
+        let relists = || {
+            registry.render().lines().find_map(|l| {
+                l.strip_prefix("kruise_watch_relists_total{resource=\"configmaps\"} ")?.parse::<f64>().ok()
+            })
+        };
+        let relists_before = relists();
+        assert!(relists_before.is_some_and(|n| n >= 1.0), "the watch has listed");
         ownership.revoke(ShardId(0));
         crate::support::eventually(Duration::from_secs(10), "shard 0's objects forgotten", || async {
             store_namespaces(&store, &keep).is_disjoint(&shard0)
         })
         .await;
         assert!(store_namespaces(&store, &keep).is_superset(&newly));
+        assert_eq!(relists(), relists_before, "giving a shard up narrows the running watch: no new list");
 
         // A deletion reaches the reconciler, and the store forgets the object.
         let victim = newly.first().expect("a namespace of shard 2").clone();
