@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::api::DynamicObject;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -59,7 +59,13 @@ pub struct HubArgs {
 
 pub enum HubMsg {
     Sync,
-    Update { watch: usize, generation: u64, update: Box<WatchUpdate<DynamicObject>> },
+    /// A watch's update, already trimmed; `taken` is answered once it is absorbed.
+    Update {
+        watch: usize,
+        generation: u64,
+        update: Box<WatchUpdate<DynamicObject>>,
+        taken: RpcReplyPort<()>,
+    },
 }
 
 pub struct HubState {
@@ -75,6 +81,8 @@ pub struct HubState {
     seen: Vec<HashSet<ObjectKey>>,
     /// The shards the running watches deliver.
     filter: ShardFilter,
+    /// Whether the API server applied the shard selector to the last list.
+    server_filtered: bool,
 }
 
 pub struct WatchHub;
@@ -95,6 +103,7 @@ impl Actor for WatchHub {
             listed: Vec::new(),
             seen: Vec::new(),
             filter: ShardFilter::default(),
+            server_filtered: false,
         })
     }
 
@@ -109,9 +118,13 @@ impl Actor for WatchHub {
                 st.sync(&myself).await?;
                 myself.send_after(st.args.sync_period, || HubMsg::Sync);
             }
-            HubMsg::Update { watch, generation, update } if generation == st.generation => st.absorb(watch, *update),
-            // From watches already replaced: their shards may be gone.
-            HubMsg::Update { .. } => {}
+            HubMsg::Update { watch, generation, update, taken } => {
+                // Updates from watches already replaced are dropped: their shards may be gone.
+                if generation == st.generation {
+                    st.absorb(watch, *update);
+                }
+                let _ = taken.send(());
+            }
         }
         Ok(())
     }
@@ -167,10 +180,14 @@ impl HubState {
         for spec in &self.args.watches {
             spec.store.retain_namespaces(|ns| held.contains(&space.shard_of_key(ns)));
         }
-        // Only giving shards up: the running watches narrow their filter and need no new list
-        // (with the server's sharding off, a list is every object of the cluster).
-        let narrowing =
-            !self.watch_tasks.is_empty() && !held.is_empty() && held.iter().all(|s| self.served.contains(s));
+        // Only giving shards up while the server does not shard: the running watches narrow
+        // their filter and need no new list (which would be every object of the cluster). Where
+        // the server shards, the watches are re-established with the narrower selector, so the
+        // given-up shards' events stop coming at all.
+        let narrowing = !self.server_filtered
+            && !self.watch_tasks.is_empty()
+            && !held.is_empty()
+            && held.iter().all(|s| self.served.contains(s));
         if narrowing {
             self.filter.set(held.clone());
             self.served = held;
@@ -183,7 +200,8 @@ impl HubState {
         self.filter = ShardFilter::new(held.clone());
         if !held.is_empty() {
             for (watch, spec) in self.args.watches.iter().enumerate() {
-                let (tx, mut rx) = mpsc::channel(256);
+                // Small: each slot may hold a page of untrimmed objects.
+                let (tx, mut rx) = mpsc::channel(4);
                 let sharded = ShardedWatch {
                     client: self.args.client.clone(),
                     url_path: spec.url_path.clone(),
@@ -195,9 +213,19 @@ impl HubState {
                 self.watch_tasks.push(tokio::spawn(sharded.run::<DynamicObject>(tx)));
                 let me = myself.clone();
                 let generation = self.generation;
+                let trim = spec.trim;
                 self.watch_tasks.push(tokio::spawn(async move {
-                    while let Some(update) = rx.recv().await {
-                        if me.send_message(HubMsg::Update { watch, generation, update: Box::new(update) }).is_err() {
+                    while let Some(mut update) = rx.recv().await {
+                        trim_update(&trim, &mut update);
+                        // One update at a time: the watch reads no faster than the hub absorbs,
+                        // so a burst waits in the API server's buffers rather than our memory.
+                        let sent = ractor::call!(me, |taken| HubMsg::Update {
+                            watch,
+                            generation,
+                            update: Box::new(update),
+                            taken
+                        });
+                        if sent.is_err() {
                             break;
                         }
                     }
@@ -211,11 +239,7 @@ impl HubState {
     /// Takes a watch's update into its store and routes what changed.
     fn absorb(&mut self, watch: usize, update: WatchUpdate<DynamicObject>) {
         let Some(spec) = self.args.watches.get(watch).cloned() else { return };
-        let (store, trim) = (spec.store, spec.trim);
-        let trimmed = |mut o: DynamicObject| {
-            trim.apply(&mut o);
-            o
-        };
+        let store = spec.store;
         match update {
             WatchUpdate::Relisting => {
                 if let Some(seen) = self.seen.get_mut(watch) {
@@ -231,12 +255,13 @@ impl HubState {
                     if let Some(seen) = self.seen.get_mut(watch) {
                         seen.insert(key.clone());
                     }
-                    if store.apply(trimmed(o)) {
+                    if store.apply(o) {
                         self.route(&spec.controllers, key.0, key.1);
                     }
                 }
             }
-            WatchUpdate::Listed { .. } => {
+            WatchUpdate::Listed { server_filtered } => {
+                self.server_filtered = server_filtered;
                 let space = self.args.space;
                 let served = &self.served;
                 let seen = self.seen.get_mut(watch).map(std::mem::take).unwrap_or_default();
@@ -253,7 +278,7 @@ impl HubState {
             }
             WatchUpdate::Applied(o) => {
                 let (namespace, name) = key_of(&o);
-                if self.serves(&namespace) && store.apply(trimmed(o)) {
+                if self.serves(&namespace) && store.apply(o) {
                     self.route(&spec.controllers, namespace, name);
                 }
             }
@@ -284,5 +309,14 @@ impl HubState {
                     a.send_message(ShardMsg::Changed { controller, namespace: namespace.clone(), name: name.clone() });
             }
         }
+    }
+}
+
+/// Trims the objects of an update before it reaches the hub's mailbox.
+fn trim_update(trim: &Trim, update: &mut WatchUpdate<DynamicObject>) {
+    match update {
+        WatchUpdate::Page(objects) => objects.iter_mut().for_each(|o| trim.apply(o)),
+        WatchUpdate::Applied(o) | WatchUpdate::Deleted(o) => trim.apply(o),
+        WatchUpdate::Relisting | WatchUpdate::Listed { .. } => {}
     }
 }
