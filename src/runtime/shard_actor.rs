@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::warn;
 
 use super::namespace_actor::{NamespaceActor, NamespaceArgs, NamespaceMsg};
@@ -35,8 +35,10 @@ impl ShardState {
         myself: &ActorRef<ShardMsg>,
         namespace: &str,
     ) -> Result<ActorRef<NamespaceMsg>, ActorProcessingErr> {
+        // A just-spawned actor may still be Starting: it is live, and a second one for the same
+        // namespace would run a second work queue (two reconciles of one key at once).
         if let Some(a) = self.namespaces.get(namespace)
-            && matches!(a.get_status(), ActorStatus::Running | ActorStatus::Upgrading)
+            && ractor::ACTIVE_STATES.contains(&a.get_status())
         {
             return Ok(a.clone());
         }
@@ -108,6 +110,7 @@ mod tests {
     use crate::runtime::namespace_actor::{Action, ReconcileError, ReconcileMetrics, Reconciler};
     use crate::runtime::work_queue::{Backoff, WorkQueueMetrics};
     use futures::future::BoxFuture;
+    use ractor::ActorStatus;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -151,9 +154,12 @@ mod tests {
         let change =
             |ns: &str, name: &str| ShardMsg::Changed { controller: "demo", namespace: ns.into(), name: name.into() };
 
-        shard.send_message(change("a", "x")).unwrap();
+        // A burst for one namespace, arriving while its actor is still starting, and one more.
+        for i in 0..50 {
+            shard.send_message(change("a", &format!("x{i}"))).unwrap();
+        }
         shard.send_message(change("b", "y")).unwrap();
-        wait_for("both namespaces reconciled", || seen.0.lock().unwrap().len() == 2).await;
+        wait_for("both namespaces reconciled", || seen.0.lock().unwrap().len() == 51).await;
         let children = || shard.get_children().len();
         assert_eq!(children(), 2, "one NamespaceActor per namespace");
 
