@@ -88,6 +88,9 @@ struct RunResult {
     replicas: usize,
     seconds: f64,
     per_replica: Vec<ReplicaFigures>,
+    /// CPU seconds kube-apiserver and etcd spent during the run: where the time went.
+    apiserver_cpu: f64,
+    etcd_cpu: f64,
 }
 
 #[derive(Default, Clone)]
@@ -247,6 +250,13 @@ async fn measure(
         },
     )
     .await?;
+    let control_plane_cpu = || {
+        let of = |name: &str| {
+            cp.pids().iter().filter(|(n, _)| n == name).map(|(_, pid)| process_figures(*pid).1).sum::<f64>()
+        };
+        (of("kube-apiserver"), of("etcd"))
+    };
+    let cpu_before = control_plane_cpu();
     let started = Instant::now();
     let mut running = Vec::new();
     for i in 0..replicas {
@@ -302,6 +312,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = control_plane_cpu();
 
     let mut per_replica = Vec::new();
     for r in &running {
@@ -327,7 +338,14 @@ async fn measure(
         let _ = std::fs::copy(&r.process.log, logs.join(format!("{}.log", r.identity)));
     }
     let _ = nss.delete(&lease_ns, &DeleteParams::background()).await;
-    Ok(RunResult { sharding, replicas, seconds, per_replica })
+    Ok(RunResult {
+        sharding,
+        replicas,
+        seconds,
+        per_replica,
+        apiserver_cpu: cpu_after.0 - cpu_before.0,
+        etcd_cpu: cpu_after.1 - cpu_before.1,
+    })
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -379,7 +397,13 @@ fn label(r: &RunResult) -> String {
 }
 
 fn report_one(r: &RunResult) {
-    println!("\n## {}: all reconciled in {:.1}s", label(r), r.seconds);
+    println!(
+        "\n## {}: all reconciled in {:.1}s (kube-apiserver used {:.1} CPU-s, etcd {:.1})",
+        label(r),
+        r.seconds,
+        r.apiserver_cpu,
+        r.etcd_cpu
+    );
     println!(
         "| replica | objects cached | peak RSS MiB | CPU s | watch MiB | all responses MiB | requests | writes | objects received | filtered client-side | lists |"
     );
@@ -405,23 +429,24 @@ fn report(results: &[RunResult], args: &ShardsArgs) {
     let Some(base) = results.first() else { return };
     println!("\n## Summary ({} objects, {} namespaces; ratios against the first row)", args.objects, args.namespaces);
     println!(
-        "| configuration | time s | ×time | max peak RSS MiB | total watch MiB | total received MiB | total requests |"
+        "| configuration | time s | ×time | max peak RSS MiB | total watch MiB | total received MiB | total requests | manager CPU s | apiserver CPU s | etcd CPU s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let max_rss = r.per_replica.iter().map(|f| f.peak_rss_mib).fold(0.0, f64::max);
-        let watch: f64 = r.per_replica.iter().map(|f| f.watch_mib).sum();
-        let received: f64 = r.per_replica.iter().map(|f| f.received_mib).sum();
-        let requests: f64 = r.per_replica.iter().map(|f| f.requests).sum();
+        let total = |f: fn(&ReplicaFigures) -> f64| r.per_replica.iter().map(f).sum::<f64>();
         println!(
-            "| {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |",
             label(r),
             r.seconds,
             r.seconds / base.seconds,
             max_rss,
-            watch,
-            received,
-            requests
+            total(|f| f.watch_mib),
+            total(|f| f.received_mib),
+            total(|f| f.requests),
+            total(|f| f.cpu_seconds),
+            r.apiserver_cpu,
+            r.etcd_cpu
         );
     }
 }
