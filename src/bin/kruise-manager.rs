@@ -43,6 +43,9 @@ struct Flags {
     /// Address for /healthz and /readyz.
     #[arg(long, default_value = ":8000", value_parser = parse_listen_addr)]
     health_probe_addr: SocketAddr,
+    /// Watch and reconcile only this namespace (empty: all namespaces).
+    #[arg(long, default_value = "")]
+    namespace: String,
     /// Namespace of the shard and membership leases.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kruise-system")]
     leader_election_namespace: String,
@@ -198,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             reconcile_metrics,
             queue_metrics,
         },
+        namespace: Some(flags.namespace.clone()).filter(|n| !n.is_empty()),
         sync_period: Duration::from_millis(500),
         metrics: watch_metrics,
         leases_ready: leases_ready.clone(),

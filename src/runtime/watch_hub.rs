@@ -40,6 +40,17 @@ pub struct WatchSpec {
     pub label_selector: Option<String>,
     pub store: ObjectStore,
     pub trim: Trim,
+    /// Namespaced resource: `--namespace` narrows its watch to that namespace.
+    pub namespaced: bool,
+}
+
+/// The collection path of `url_path`'s resource within one namespace:
+/// `/api/v1/pods` → `/api/v1/namespaces/<ns>/pods`.
+pub fn namespaced_path(url_path: &str, namespace: &str) -> String {
+    match url_path.rsplit_once('/') {
+        Some((prefix, resource)) => format!("{prefix}/namespaces/{namespace}/{resource}"),
+        None => url_path.to_string(),
+    }
 }
 
 #[derive(Clone)]
@@ -49,6 +60,8 @@ pub struct HubArgs {
     pub ownership: ShardOwnership,
     pub watches: Vec<WatchSpec>,
     pub namespace_template: NamespaceArgs,
+    /// Watch only this namespace (upstream's `--namespace`); `None` watches all.
+    pub namespace: Option<String>,
     pub sync_period: Duration,
     pub metrics: WatchMetrics,
     /// Read: the coordinator has had its chance to acquire shards.
@@ -204,7 +217,10 @@ impl HubState {
                 let (tx, mut rx) = mpsc::channel(4);
                 let sharded = ShardedWatch {
                     client: self.args.client.clone(),
-                    url_path: spec.url_path.clone(),
+                    url_path: match (&self.args.namespace, spec.namespaced) {
+                        (Some(ns), true) => namespaced_path(&spec.url_path, ns),
+                        _ => spec.url_path.clone(),
+                    },
                     space,
                     shards: self.filter.clone(),
                     label_selector: spec.label_selector.clone(),
@@ -318,5 +334,19 @@ fn trim_update(trim: &Trim, update: &mut WatchUpdate<DynamicObject>) {
         WatchUpdate::Page(objects) => objects.iter_mut().for_each(|o| trim.apply(o)),
         WatchUpdate::Applied(o) | WatchUpdate::Deleted(o) => trim.apply(o),
         WatchUpdate::Relisting | WatchUpdate::Listed { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections_narrow_to_one_namespace() {
+        assert_eq!(namespaced_path("/api/v1/pods", "team-a"), "/api/v1/namespaces/team-a/pods");
+        assert_eq!(
+            namespaced_path("/apis/apps.kruise.io/v1alpha1/clonesets", "x"),
+            "/apis/apps.kruise.io/v1alpha1/namespaces/x/clonesets"
+        );
     }
 }

@@ -246,7 +246,9 @@ mod hub {
                 label_selector: Some(format!("kruise-hub-test={run}")),
                 store: store.clone(),
                 trim: Trim { drop: &[&["data"]] },
+                namespaced: true,
             }],
+            namespace: None,
             namespace_template: NamespaceArgs {
                 namespace: String::new(),
                 reconcilers: Arc::new(HashMap::from([("demo", reconciler)])),

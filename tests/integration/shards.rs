@@ -327,3 +327,41 @@ async fn metrics_expose_every_name_in_the_design() {
         "series start at zero"
     );
 }
+
+#[tokio::test]
+async fn the_namespace_flag_limits_the_manager_to_one_namespace() {
+    let tc = test_cluster().await;
+    let lease_ns = TestNamespace::create(&tc, "one-ns").await;
+    let inside = TestNamespace::create(&tc, "one-ns-in").await;
+    let outside = TestNamespace::create(&tc, "one-ns-out").await;
+    let label = inside.name.clone();
+    for ns in [&inside, &outside] {
+        crate::support::labelled_config_map(&tc.client, &ns.name, "probe", "kruise.io/demo", &label).await;
+    }
+    let m = ManagerProcess::start(
+        tc.cp,
+        &lease_ns.name,
+        &format!("{}-m", lease_ns.name),
+        &[
+            "--demo-controller",
+            &format!("--demo-selector=kruise.io/demo={label}"),
+            &format!("--namespace={}", inside.name),
+        ],
+    );
+    let stamp = |ns: &str| {
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(tc.client.clone(), ns);
+        async move {
+            let cm = api.get("probe").await.expect("get");
+            cm.metadata.annotations.and_then(|a| a.get("kruise.io/demo-reconciled-by").cloned())
+        }
+    };
+    eventually(Duration::from_secs(60), "the ConfigMap inside the namespace stamped", || async {
+        stamp(&inside.name).await.is_some()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the store to hold exactly that one object", || async {
+        m.metric("kruise_watch_cache_objects{resource=\"configmaps\"}").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(stamp(&outside.name).await, None, "nothing outside --namespace is reconciled");
+}

@@ -64,6 +64,7 @@ pub fn watch_spec(resource: DemoResource, label_selector: &str, store: ObjectSto
         label_selector: Some(label_selector.to_string()),
         store,
         trim: resource.trim(),
+        namespaced: true,
     }
 }
 
