@@ -111,6 +111,8 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
         takeover >= Duration::from_secs(4),
         "a crashed replica's shards must not move before its leases can expire"
     );
+    // The bound: within the lease duration (6 s) plus the renew period (deadline 4 s).
+    assert!(takeover <= Duration::from_secs(10), "the crashed replica's shards took {takeover:?} to move");
     eventually(Duration::from_secs(10), "the survivor's metric to show 32 shards", || async {
         replicas[0].metric("kruise_shards_held").await == Some(32.0)
     })
