@@ -271,6 +271,8 @@ async fn measure(
             format!("--kube-api-qps={}", args.kube_api_qps),
             format!("--kube-api-burst={}", args.kube_api_burst),
             "--demo-controller".to_string(),
+            "--webhook-port=0".to_string(),
+            "--webhook-host=127.0.0.1".to_string(),
         ];
         let process = Component::spawn(&identity, manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
         running.push(Replica { identity, metrics_addr, process });

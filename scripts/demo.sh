@@ -60,7 +60,8 @@ start() {  # name, then the command
 }
 for i in $(seq 0 $((REPLICAS - 1))); do
   start "kruise-manager-$i" target/debug/kruise-manager --kubeconfig "$KUBECONFIG" --identity "kruise-manager-$i" \
-    --metrics-addr "127.0.0.1:1808$i" --health-probe-addr "127.0.0.1:1800$i" --demo-controller
+    --metrics-addr "127.0.0.1:1808$i" --health-probe-addr "127.0.0.1:1800$i" --demo-controller \
+    --webhook-port "1987$i" --webhook-host 127.0.0.1
 done
 start kruise-daemon target/debug/kruise-daemon --kubeconfig "$KUBECONFIG" --simulated --addr 127.0.0.1:10221
 

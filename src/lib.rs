@@ -5,3 +5,4 @@ pub mod api;
 pub mod controllers;
 pub mod features;
 pub mod runtime;
+pub mod webhook;

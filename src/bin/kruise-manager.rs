@@ -86,6 +86,19 @@ struct Flags {
     /// Feature gates, `Name=true|false,...` (upstream's names; `AllAlpha`/`AllBeta` accepted).
     #[arg(long, default_value = "")]
     feature_gates: FeatureGates,
+    /// HTTPS port of the admission webhooks (0: any free port).
+    #[arg(long, env = "WEBHOOK_PORT", default_value_t = 9876)]
+    webhook_port: u16,
+    /// Out of cluster: the API server calls the webhooks at https://<host>:<port> (an IP or a
+    /// name) instead of through the Service.
+    #[arg(long, env = "WEBHOOK_HOST")]
+    webhook_host: Option<String>,
+    /// The Secret holding the webhook certificates (shared by all replicas).
+    #[arg(long, env = "SECRET_NAME", default_value = "kruise-webhook-certs")]
+    webhook_secret_name: String,
+    /// The Service in front of the webhooks.
+    #[arg(long, env = "SERVICE_NAME", default_value = "kruise-webhook-service")]
+    webhook_service_name: String,
     /// Reconciles running at once per namespace.
     #[arg(long, default_value_t = 3)]
     namespace_concurrency: usize,
@@ -151,11 +164,12 @@ async fn main() -> anyhow::Result<()> {
     let watch_metrics = WatchMetrics::register(&registry)?;
     let ready = Readiness::default();
     let leases_ready = ready.condition("shard-leases");
+    let webhook_ready = ready.condition("webhook");
     let caches_ready = ready.condition("caches");
     let ownership = ShardOwnership::default();
     http::serve(flags.metrics_addr, http::router(registry.clone(), ready.clone())).await?;
     if flags.health_probe_addr != flags.metrics_addr {
-        http::serve(flags.health_probe_addr, http::router(registry, ready.clone())).await?;
+        http::serve(flags.health_probe_addr, http::router(registry.clone(), ready.clone())).await?;
     }
 
     let writer = WriterArgs {
@@ -217,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         ready: leases_ready,
     };
+    start_webhooks(&flags, client.clone(), &registry, webhook_ready).await?;
     let args = ManagerArgs { coordinator, writer, hub };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
@@ -236,6 +251,45 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(error = %e, "shutdown did not complete cleanly; leases will expire instead");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+    Ok(())
+}
+
+/// The webhook server (HTTPS) and the certificate sync that feeds it.
+async fn start_webhooks(
+    flags: &Flags,
+    client: kube::Client,
+    registry: &MetricsRegistry,
+    ready: kruise::runtime::http::ReadyCondition,
+) -> anyhow::Result<()> {
+    use kruise::webhook::{cert_sync, configuration::Endpoint, server, tls};
+    let namespace = flags.leader_election_namespace.clone();
+    let slot = tls::CertSlot::default();
+    let state = server::WebhookState {
+        client: client.clone(),
+        namespace: namespace.clone(),
+        gates: flags.feature_gates.clone(),
+        metrics: server::WebhookMetrics::register(registry)?,
+    };
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], flags.webhook_port));
+    let bound = tls::serve_tls(addr, server::router(state), slot.clone()).await?;
+    let (host, endpoint) = match &flags.webhook_host {
+        Some(h) if !h.is_empty() => (h.clone(), Endpoint::Url { host: h.clone(), port: bound.port() }),
+        _ => (
+            format!("{}.{namespace}.svc", flags.webhook_service_name),
+            Endpoint::Service { namespace: namespace.clone(), name: flags.webhook_service_name.clone() },
+        ),
+    };
+    tokio::spawn(cert_sync::run(cert_sync::CertSyncArgs {
+        client,
+        namespace,
+        secret_name: flags.webhook_secret_name.clone(),
+        host,
+        endpoint,
+        served_paths: server::served_paths(),
+        slot,
+        ready,
+        period: Duration::from_secs(30),
+    }));
     Ok(())
 }
 

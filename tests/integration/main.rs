@@ -9,4 +9,5 @@ mod events;
 mod harness;
 mod sharding;
 mod shards;
+mod webhooks;
 mod writer;

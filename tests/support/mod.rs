@@ -199,6 +199,9 @@ impl ManagerProcess {
             format!("--leader-election-namespace={lease_namespace}"),
             format!("--metrics-addr={metrics_addr}"),
             format!("--health-probe-addr={metrics_addr}"),
+            // Several replicas share this host: each takes a free webhook port.
+            "--webhook-port=0".to_string(),
+            "--webhook-host=127.0.0.1".to_string(),
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let process = cluster::process::Component::spawn(

@@ -1,0 +1,199 @@
+//! Admission for the apps.kruise.io kinds: defaulting (mutating) and validation, as pure
+//! decisions over the object and a [`Context`] the glue gathers from the cluster.
+
+use json_patch::Patch;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::advancedcronjob::AdvancedCronJob;
+use crate::api::broadcastjob::BroadcastJob;
+use crate::api::cloneset::CloneSet;
+use crate::api::daemonset::DaemonSet;
+use crate::api::imagepulljob::ImagePullJob;
+use crate::api::nodeimage::NodeImage;
+use crate::api::podprobemarker::PodProbeMarker;
+use crate::api::sidecarset::SidecarSet;
+use crate::api::validation::{self, ErrorList};
+use crate::api::workloadspread::WorkloadSpread;
+use crate::features::{FeatureGates, SIDECARSET_PATCH_POD_METADATA_DEFAULTS_ALLOWED};
+
+/// What validation may need besides the object: gathered by the glue, so decisions stay pure.
+#[derive(Debug, Default, Clone)]
+pub struct Context {
+    /// Every SidecarSet (for conflicts).
+    pub sidecarsets: Vec<SidecarSet>,
+    /// `SidecarSet_PatchPodMetadata_WhiteList` from the `kruise-configuration` ConfigMap.
+    pub patch_whitelist: Option<String>,
+    /// The SidecarSet's ControllerRevisions (for a pinned injection revision).
+    pub revisions: Vec<ControllerRevision>,
+    /// The namespace's WorkloadSpreads (for conflicts).
+    pub workloadspreads: Vec<WorkloadSpread>,
+    /// Pods a CloneSet's `podsToDelete` names.
+    pub pods: Vec<Pod>,
+    pub gates: FeatureGates,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdmissionError {
+    #[error("{0} has no admission webhook")]
+    UnknownResource(String),
+    #[error("decoding the object: {0}")]
+    Decode(String),
+}
+
+fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, AdmissionError> {
+    serde_json::from_value(v.clone()).map_err(|e| AdmissionError::Decode(e.to_string()))
+}
+
+/// The JSON patch that turns `object` into its defaulted form, limited to `spec` (defaulting never
+/// touches metadata or status, and a round trip through the types must not rewrite them).
+fn defaulted<T: Serialize + DeserializeOwned>(
+    object: &Value,
+    default: impl FnOnce(&mut T),
+) -> Result<Patch, AdmissionError> {
+    let mut t: T = typed(object)?;
+    default(&mut t);
+    let after = serde_json::to_value(&t).map_err(|e| AdmissionError::Decode(e.to_string()))?;
+    // Diffing the specs wrapped in `{"spec": ...}` gives paths under /spec directly.
+    let spec_of = |v: &Value| serde_json::json!({ "spec": v.get("spec").cloned().unwrap_or(Value::Null) });
+    Ok(json_patch::diff(&spec_of(object), &spec_of(&after)))
+}
+
+/// Defaulting for `plural`'s object on CREATE/UPDATE: the patch to apply (possibly empty).
+pub fn default_object(plural: &str, object: &Value, now: Time) -> Result<Patch, AdmissionError> {
+    use crate::api::validation as v;
+    match plural {
+        "advancedcronjobs" => defaulted::<AdvancedCronJob>(object, v::advancedcronjob::default_advancedcronjob),
+        "broadcastjobs" => defaulted::<BroadcastJob>(object, v::broadcastjob::default_broadcastjob),
+        "clonesets" => defaulted::<CloneSet>(object, v::cloneset::default_cloneset),
+        "daemonsets" => defaulted::<DaemonSet>(object, v::daemonset::default_daemonset),
+        "imagepulljobs" => defaulted::<ImagePullJob>(object, v::imagepulljob::default_imagepulljob),
+        "nodeimages" => defaulted::<NodeImage>(object, |ni| v::nodeimage::default_nodeimage(ni, now)),
+        "sidecarsets" => defaulted::<SidecarSet>(object, v::sidecarset::default_sidecarset),
+        other => Err(AdmissionError::UnknownResource(other.to_string())),
+    }
+}
+
+/// Validation of `plural`'s object for `operation`: the field errors (empty: allowed).
+pub fn validate_object(
+    plural: &str,
+    operation: &str,
+    new: Option<&Value>,
+    old: Option<&Value>,
+    ctx: &Context,
+) -> Result<ErrorList, AdmissionError> {
+    use crate::api::validation as v;
+    // DELETE: deletion protection (gate ResourcesDeletionProtection) is not built yet: allowed.
+    let Some(new) = new.filter(|_| operation != "DELETE") else { return Ok(vec![]) };
+    fn old_typed<T: DeserializeOwned>(old: Option<&Value>) -> Result<Option<T>, AdmissionError> {
+        old.map(typed).transpose()
+    }
+    Ok(match plural {
+        "advancedcronjobs" => {
+            let old = old_typed::<AdvancedCronJob>(old)?;
+            v::advancedcronjob::validate_advancedcronjob(&typed(new)?, old.as_ref())
+        }
+        "broadcastjobs" => v::broadcastjob::validate_broadcastjob(&typed(new)?),
+        "clonesets" => {
+            let cs: CloneSet = typed(new)?;
+            let old = old_typed::<CloneSet>(old)?;
+            let mut errs = v::cloneset::validate_cloneset(&cs, old.as_ref());
+            errs.extend(v::cloneset::validate_pods_to_delete(&cs, old.as_ref(), &ctx.pods));
+            errs
+        }
+        "daemonsets" => v::daemonset::validate_daemonset(&typed(new)?),
+        "imagepulljobs" => v::imagepulljob::validate_imagepulljob(&typed(new)?),
+        "nodeimages" => v::nodeimage::validate_nodeimage(&typed(new)?),
+        "sidecarsets" => {
+            let set: SidecarSet = typed(new)?;
+            let old = old_typed::<SidecarSet>(old)?;
+            let mut errs = v::sidecarset::validate_sidecarset(&set, old.as_ref());
+            errs.extend(v::sidecarset::validate_sidecarset_conflicts(&set, &ctx.sidecarsets));
+            errs.extend(v::sidecarset::validate_patch_pod_metadata_whitelist(
+                &set,
+                ctx.patch_whitelist.as_deref(),
+                ctx.gates.enabled(SIDECARSET_PATCH_POD_METADATA_DEFAULTS_ALLOWED),
+            ));
+            errs.extend(v::sidecarset::validate_injection_revision(&set, &ctx.revisions));
+            errs
+        }
+        "workloadspreads" => {
+            let ws: WorkloadSpread = typed(new)?;
+            let old = old_typed::<WorkloadSpread>(old)?;
+            let mut errs = v::workloadspread::validate_workloadspread(&ws, old.as_ref());
+            errs.extend(v::workloadspread::validate_workloadspread_conflicts(&ws, &ctx.workloadspreads));
+            errs
+        }
+        "podprobemarkers" => {
+            let old = old_typed::<PodProbeMarker>(old)?;
+            v::podprobemarker::validate_podprobemarker(&typed(new)?, old.as_ref())
+        }
+        other => return Err(AdmissionError::UnknownResource(other.to_string())),
+    })
+}
+
+/// The denial message for field errors, as the API server shows it to the user.
+pub fn denial_message(kind: &str, name: &str, errors: &ErrorList) -> String {
+    format!("{kind}.apps.kruise.io \"{name}\" is invalid: {}", validation::join(errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn defaulting_patches_only_the_spec() {
+        let cs = json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+            "metadata": { "name": "web", "namespace": "a", "managedFields": [{ "manager": "kubectl" }] },
+            "spec": {
+                "replicas": 2,
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web" } },
+                    "spec": { "containers": [{ "name": "web", "image": "nginx" }] }
+                }
+            }
+        });
+        let patch = default_object("clonesets", &cs, now()).unwrap();
+        assert!(!patch.0.is_empty(), "a bare CloneSet gets defaults");
+        let mut patched = cs.clone();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        assert_eq!(patched["spec"]["updateStrategy"]["type"], "ReCreate");
+        assert_eq!(patched["metadata"], cs["metadata"], "metadata untouched");
+        // Defaulting a defaulted object changes nothing.
+        assert!(default_object("clonesets", &patched, now()).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn validation_reports_field_errors_and_unknown_kinds() {
+        let bad = json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+            "metadata": { "name": "bad" },
+            "spec": { "containers": [{ "name": "", "image": "x" }] }
+        });
+        let errs = validate_object("sidecarsets", "CREATE", Some(&bad), None, &Context::default()).unwrap();
+        assert!(!errs.is_empty());
+        let msg = denial_message("sidecarsets", "bad", &errs);
+        assert!(msg.starts_with("sidecarsets.apps.kruise.io \"bad\" is invalid: "), "{msg}");
+        assert!(msg.contains("spec.containers[0].name: Required value"), "{msg}");
+        assert!(validate_object("clonesets", "DELETE", None, Some(&bad), &Context::default()).unwrap().is_empty());
+        assert_eq!(
+            validate_object("nodepodprobes", "CREATE", Some(&bad), None, &Context::default()),
+            Err(AdmissionError::UnknownResource("nodepodprobes".into()))
+        );
+        assert!(matches!(
+            validate_object("clonesets", "CREATE", Some(&json!({"spec": 5})), None, &Context::default()),
+            Err(AdmissionError::Decode(_))
+        ));
+    }
+}

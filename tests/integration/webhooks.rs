@@ -1,0 +1,186 @@
+//! The admission webhooks through the real API server: kruise-manager creates its certificates,
+//! points the installed webhook configurations at itself with the right caBundle, defaults and
+//! validates apps.kruise.io objects, and a restarted replica keeps serving with the same CA.
+//!
+//! These tests run their own control plane: webhook configurations are cluster-wide, and the
+//! other tests' objects must not pass through (or wait for) these webhooks.
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{ObjectMeta, PostParams};
+use kube::core::DynamicObject;
+use kube::discovery::ApiResource;
+use kube::{Api, Client};
+use serde_json::json;
+
+use kruise::webhook::configuration::{self, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION};
+
+use crate::support::{ControlPlane, ControlPlaneConfig, ManagerProcess, eventually, install_crds};
+
+const KRUISE_NS: &str = "kruise-system";
+
+fn resource(plural: &str, kind: &str) -> ApiResource {
+    ApiResource {
+        group: "apps.kruise.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "apps.kruise.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+async fn create(
+    client: &Client,
+    plural: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    body: serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
+    let ar = resource(plural, kind);
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let obj: DynamicObject = serde_json::from_value(body).expect("object");
+    api.create(&PostParams::default(), &obj).await
+}
+
+fn sidecarset(name: &str, container: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+        "metadata": { "name": name },
+        "spec": {
+            "selector": { "matchLabels": { "app": "web" } },
+            "containers": [{ "name": container, "image": "busybox:1.36", "command": ["sleep", "999d"] }]
+        }
+    })
+}
+
+/// Whether both configurations point at `port` on 127.0.0.1 with a real CA bundle.
+async fn configured_for(client: &Client, port: u16) -> bool {
+    let want = format!("https://127.0.0.1:{port}/");
+    let m = Api::<MutatingWebhookConfiguration>::all(client.clone()).get(MUTATING_CONFIGURATION).await.ok();
+    let v = Api::<ValidatingWebhookConfiguration>::all(client.clone()).get(VALIDATING_CONFIGURATION).await.ok();
+    let (Some(m), Some(v)) = (m, v) else { return false };
+    let ok = |cc: &k8s_openapi::api::admissionregistration::v1::WebhookClientConfig| {
+        cc.url.as_deref().is_some_and(|u| u.starts_with(&want))
+            && cc.ca_bundle.as_ref().is_some_and(|b| b.0.starts_with(b"-----BEGIN CERTIFICATE-----"))
+    };
+    m.webhooks.iter().flatten().all(|w| ok(&w.client_config))
+        && v.webhooks.iter().flatten().all(|w| ok(&w.client_config))
+}
+
+async fn webhook_port(m: &ManagerProcess) -> u16 {
+    let mut port = 0;
+    eventually(Duration::from_secs(30), "the manager to log its webhook port", || {
+        let log = std::fs::read_to_string(&m.process.log).unwrap_or_default();
+        let found = log
+            .lines()
+            .find(|l| l.contains("serving webhooks (HTTPS)"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(p) = found {
+            port = p;
+        }
+        async move { found.is_some() }
+    })
+    .await;
+    port
+}
+
+async fn ca_of_secret(client: &Client) -> Vec<u8> {
+    let s = Api::<Secret>::namespaced(client.clone(), KRUISE_NS).get("kruise-webhook-certs").await.expect("secret");
+    s.data.and_then(|d| d.get("ca-cert.pem").map(|b| b.0.clone())).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_restart() {
+    let cp = ControlPlane::start(ControlPlaneConfig {
+        name: "webhooks".into(),
+        nodes: 0,
+        scheduler: false,
+        controller_manager: false,
+        ..Default::default()
+    })
+    .await
+    .expect("control plane");
+    let client = cp.admin_client().await.expect("client");
+    install_crds(&client).await;
+    let ns =
+        Namespace { metadata: ObjectMeta { name: Some(KRUISE_NS.into()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace");
+    // What the chart installs: entries pointing at the Service, a placeholder CA.
+    let (m, v) = configuration::configurations(KRUISE_NS, "kruise-webhook-service");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &m)
+        .await
+        .expect("mutating");
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &v)
+        .await
+        .expect("validating");
+
+    let mut first = ManagerProcess::start(&cp, KRUISE_NS, "webhook-a", &[]);
+    let port = webhook_port(&first).await;
+    eventually(Duration::from_secs(60), "the configurations to point at the manager with its CA", || {
+        configured_for(&client, port)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the manager to be ready", || async {
+        crate::support::cluster::process::http_get(&first.metrics_addr, "/readyz").await.is_some()
+    })
+    .await;
+    let ca = ca_of_secret(&client).await;
+    assert!(!ca.is_empty(), "the Secret holds the CA");
+
+    // Defaulting: a bare CloneSet comes back with upstream's defaults.
+    let cs = create(&client, "clonesets", "CloneSet", Some("default"), json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": { "metadata": { "labels": { "app": "web" } }, "spec": { "containers": [{ "name": "web", "image": "nginx" }] } }
+        }
+    }))
+    .await
+    .expect("a valid CloneSet is admitted");
+    assert_eq!(
+        cs.data["spec"]["updateStrategy"]["type"], "ReCreate",
+        "defaulted by the mutating webhook: {:?}",
+        cs.data
+    );
+    assert_eq!(cs.data["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
+
+    // Validation: a second SidecarSet injecting the same container into the same pods is denied.
+    create(&client, "sidecarsets", "SidecarSet", None, sidecarset("logs", "sidecar")).await.expect("first SidecarSet");
+    let err = create(&client, "sidecarsets", "SidecarSet", None, sidecarset("logs-again", "sidecar"))
+        .await
+        .expect_err("a conflicting SidecarSet is denied");
+    let kube::Error::Api(status) = err else { panic!("an API error: {err:?}") };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(status.message.contains("vsidecarset.kb.io"), "the message names the webhook: {}", status.message);
+    assert!(status.message.contains("container sidecar already exist in logs"), "{}", status.message);
+
+    let handled = first.metric("kruise_webhook_handling_seconds_count{allowed=\"false\",path=\"/validate-apps-kruise-io-v1alpha1-sidecarset\"}").await;
+    assert_eq!(handled, Some(1.0), "the denial was timed");
+
+    // A new process (new port, same Secret) takes over with the same CA.
+    first.process.stop(Duration::from_secs(10));
+    let second = ManagerProcess::start(&cp, KRUISE_NS, "webhook-b", &[]);
+    let port2 = webhook_port(&second).await;
+    eventually(Duration::from_secs(60), "the configurations to point at the new process", || {
+        configured_for(&client, port2)
+    })
+    .await;
+    assert_eq!(ca_of_secret(&client).await, ca, "the restarted replica reuses the CA");
+    let err = create(&client, "sidecarsets", "SidecarSet", None, sidecarset("logs-third", "sidecar")).await;
+    assert!(matches!(err, Err(kube::Error::Api(ref s)) if s.code == 422), "still denied: {err:?}");
+    create(&client, "sidecarsets", "SidecarSet", None, sidecarset("metrics", "exporter"))
+        .await
+        .expect("a valid one is admitted");
+}
