@@ -1,3 +1,4 @@
 //! Controllers: one folder each, pure planning plus the thin glue that plugs into the runtime.
 
 pub mod demo;
+pub mod sidecarset;

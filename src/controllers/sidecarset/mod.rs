@@ -1,0 +1,4 @@
+//! SidecarSet: sidecar injection into new pods (through the pod mutating webhook) and, in later
+//! work, the controller that upgrades injected pods in place. The decisions are pure functions.
+
+pub mod hash;
