@@ -2,3 +2,4 @@
 //! work, the controller that upgrades injected pods in place. The decisions are pure functions.
 
 pub mod hash;
+pub mod injection;
