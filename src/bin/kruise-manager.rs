@@ -165,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
     let ready = Readiness::default();
     let leases_ready = ready.condition("shard-leases");
     let webhook_ready = ready.condition("webhook");
+    let webhook_caches = ready.condition("webhook-caches");
     let caches_ready = ready.condition("caches");
     let ownership = ShardOwnership::default();
     http::serve(flags.metrics_addr, http::router(registry.clone(), ready.clone())).await?;
@@ -231,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         ready: leases_ready,
     };
-    start_webhooks(&flags, client.clone(), &registry, webhook_ready).await?;
+    start_webhooks(&flags, client.clone(), &registry, webhook_ready, webhook_caches).await?;
     let args = ManagerArgs { coordinator, writer, hub };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
@@ -260,11 +261,15 @@ async fn start_webhooks(
     client: kube::Client,
     registry: &MetricsRegistry,
     ready: kruise::runtime::http::ReadyCondition,
+    caches: kruise::runtime::http::ReadyCondition,
 ) -> anyhow::Result<()> {
     use kruise::webhook::{cert_sync, configuration::Endpoint, server, tls};
     let namespace = flags.leader_election_namespace.clone();
     let slot = tls::CertSlot::default();
+    let (sidecarsets, revisions) = server::watch_stores(&client, &namespace, caches);
     let state = server::WebhookState {
+        sidecarsets,
+        revisions,
         client: client.clone(),
         namespace: namespace.clone(),
         gates: flags.feature_gates.clone(),
@@ -285,7 +290,7 @@ async fn start_webhooks(
         secret_name: flags.webhook_secret_name.clone(),
         host,
         endpoint,
-        served_paths: server::served_paths(),
+        served_paths: server::served_paths(&flags.feature_gates),
         slot,
         ready,
         period: Duration::from_secs(30),

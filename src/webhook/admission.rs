@@ -1,7 +1,8 @@
 //! Admission for the apps.kruise.io kinds: defaulting (mutating) and validation, as pure
 //! decisions over the object and a [`Context`] the glue gathers from the cluster.
 
-use json_patch::Patch;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -19,6 +20,8 @@ use crate::api::podprobemarker::PodProbeMarker;
 use crate::api::sidecarset::SidecarSet;
 use crate::api::validation::{self, ErrorList};
 use crate::api::workloadspread::WorkloadSpread;
+use crate::controllers::sidecarset::hash::sidecarset_hashes;
+use crate::controllers::sidecarset::injection::{SIDECARSET_HASH, SIDECARSET_HASH_WITHOUT_IMAGE};
 use crate::features::{FeatureGates, SIDECARSET_PATCH_POD_METADATA_DEFAULTS_ALLOWED};
 
 /// What validation may need besides the object: gathered by the glue, so decisions stay pure.
@@ -49,8 +52,9 @@ fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, AdmissionError> {
     serde_json::from_value(v.clone()).map_err(|e| AdmissionError::Decode(e.to_string()))
 }
 
-/// The JSON patch that turns `object` into its defaulted form, limited to `spec` (defaulting never
-/// touches metadata or status, and a round trip through the types must not rewrite them).
+/// The JSON patch that turns `object` into its defaulted form, limited to `spec` and the
+/// annotations (defaulting touches nothing else, and a round trip through the types must not
+/// rewrite the rest).
 fn defaulted<T: Serialize + DeserializeOwned>(
     object: &Value,
     default: impl FnOnce(&mut T),
@@ -58,9 +62,32 @@ fn defaulted<T: Serialize + DeserializeOwned>(
     let mut t: T = typed(object)?;
     default(&mut t);
     let after = serde_json::to_value(&t).map_err(|e| AdmissionError::Decode(e.to_string()))?;
-    // Diffing the specs wrapped in `{"spec": ...}` gives paths under /spec directly.
-    let spec_of = |v: &Value| serde_json::json!({ "spec": v.get("spec").cloned().unwrap_or(Value::Null) });
-    Ok(json_patch::diff(&spec_of(object), &spec_of(&after)))
+    patch_between(object, &after)
+}
+
+/// The JSON patch from `object` to `after` over `spec` and `metadata.annotations` only.
+pub fn patch_between(object: &Value, after: &Value) -> Result<Patch, AdmissionError> {
+    // Diffing just these parts, at their places, gives the patch's paths directly. Annotations
+    // the object lacks are first added empty: a patch cannot replace what is not there.
+    let mut ops = Vec::new();
+    let had_annotations = object.pointer("/metadata/annotations").is_some_and(|a| !a.is_null());
+    let view = |v: &Value, fill_annotations: bool| {
+        let annotations = v
+            .pointer("/metadata/annotations")
+            .cloned()
+            .filter(|a| !a.is_null())
+            .unwrap_or(if fill_annotations { Value::Object(Default::default()) } else { Value::Null });
+        serde_json::json!({ "metadata": { "annotations": annotations }, "spec": v.get("spec").cloned().unwrap_or(Value::Null) })
+    };
+    let adds_annotations = !had_annotations && after.pointer("/metadata/annotations").is_some_and(|a| !a.is_null());
+    if adds_annotations {
+        ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::parse("/metadata/annotations").map_err(|e| AdmissionError::Decode(e.to_string()))?,
+            value: Value::Object(Default::default()),
+        }));
+    }
+    ops.extend(json_patch::diff(&view(object, adds_annotations), &view(after, adds_annotations)).0);
+    Ok(Patch(ops))
 }
 
 /// Defaulting for `plural`'s object on CREATE/UPDATE: the patch to apply (possibly empty).
@@ -73,7 +100,14 @@ pub fn default_object(plural: &str, object: &Value, now: Time) -> Result<Patch, 
         "daemonsets" => defaulted::<DaemonSet>(object, v::daemonset::default_daemonset),
         "imagepulljobs" => defaulted::<ImagePullJob>(object, v::imagepulljob::default_imagepulljob),
         "nodeimages" => defaulted::<NodeImage>(object, |ni| v::nodeimage::default_nodeimage(ni, now)),
-        "sidecarsets" => defaulted::<SidecarSet>(object, v::sidecarset::default_sidecarset),
+        "sidecarsets" => defaulted::<SidecarSet>(object, |set| {
+            v::sidecarset::default_sidecarset(set);
+            // Upstream writes both hashes on the set whenever it is defaulted.
+            let (hash, without_image) = sidecarset_hashes(set);
+            let annotations = set.metadata.annotations.get_or_insert_with(Default::default);
+            annotations.insert(SIDECARSET_HASH.into(), hash);
+            annotations.insert(SIDECARSET_HASH_WITHOUT_IMAGE.into(), without_image);
+        }),
         other => Err(AdmissionError::UnknownResource(other.to_string())),
     }
 }
@@ -172,6 +206,23 @@ mod tests {
         assert_eq!(patched["metadata"], cs["metadata"], "metadata untouched");
         // Defaulting a defaulted object changes nothing.
         assert!(default_object("clonesets", &patched, now()).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn sidecarsets_get_both_hash_annotations() {
+        let set = json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+            "metadata": { "name": "s" },
+            "spec": { "selector": { "matchLabels": { "a": "b" } }, "containers": [{ "name": "c", "image": "nginx:1.0" }] }
+        });
+        let mut patched = set.clone();
+        json_patch::patch(&mut patched, &default_object("sidecarsets", &set, now()).unwrap()).unwrap();
+        let hash = patched["metadata"]["annotations"][SIDECARSET_HASH].as_str().unwrap();
+        let without = patched["metadata"]["annotations"][SIDECARSET_HASH_WITHOUT_IMAGE].as_str().unwrap();
+        assert_eq!((hash.len(), without.len()), (64, 64));
+        assert_ne!(hash, without);
+        assert_eq!(patched["spec"]["containers"][0]["podInjectPolicy"], "BeforeAppContainer");
+        assert!(default_object("sidecarsets", &patched, now()).unwrap().0.is_empty(), "stable once defaulted");
     }
 
     #[test]

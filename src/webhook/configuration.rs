@@ -10,7 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, ValidatingWebhook,
     ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 
 pub const MUTATING_CONFIGURATION: &str = "kruise-mutating-webhook-configuration";
 pub const VALIDATING_CONFIGURATION: &str = "kruise-validating-webhook-configuration";
@@ -156,13 +156,47 @@ fn meta(name: &str) -> ObjectMeta {
     }
 }
 
+/// The pod mutating webhook (sidecar injection).
+pub const MUTATE_POD_PATH: &str = "/mutate-pod";
+/// Namespaces labelled with this key (the Kruise namespace) never reach the pod webhooks, so
+/// Kruise itself can always start.
+pub const CONTROL_PLANE_LABEL: &str = "control-plane";
+
+/// The pod entry: pods CREATE, failure policy `Ignore` (the chart's default for pods).
+fn pod_webhook(namespace: &str, service: &str) -> MutatingWebhook {
+    MutatingWebhook {
+        name: "mpod.kb.io".into(),
+        client_config: client_config(namespace, service, MUTATE_POD_PATH),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".into()]),
+            operations: Some(vec!["CREATE".into()]),
+            resources: Some(vec!["pods".into()]),
+            scope: None,
+        }]),
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: CONTROL_PLANE_LABEL.into(),
+                operator: "DoesNotExist".into(),
+                values: None,
+            }]),
+            match_labels: None,
+        }),
+        failure_policy: Some("Ignore".into()),
+        side_effects: "None".into(),
+        admission_review_versions: vec!["v1".into(), "v1beta1".into()],
+        timeout_seconds: Some(30),
+        ..Default::default()
+    }
+}
+
 /// The two configurations as the chart installs them, pointing at `service` in `namespace`.
 pub fn configurations(
     namespace: &str,
     service: &str,
 ) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
     let versions = || Some(vec!["v1".to_string(), "v1beta1".to_string()]);
-    let mutating = KINDS
+    let kinds = KINDS
         .iter()
         .filter_map(|k| {
             Some(MutatingWebhook {
@@ -176,7 +210,8 @@ pub fn configurations(
                 ..Default::default()
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mutating = std::iter::once(pod_webhook(namespace, service)).chain(kinds).collect();
     let validating = KINDS
         .iter()
         .map(|k| ValidatingWebhook {

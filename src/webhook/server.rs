@@ -18,12 +18,16 @@ use prometheus::{HistogramOpts, HistogramVec};
 use tracing::{info_span, warn};
 
 use super::admission::{self, Context};
-use super::configuration::KINDS;
+use super::configuration::{KINDS, MUTATE_POD_PATH};
 use crate::api::sidecarset::SidecarSet;
 use crate::api::validation::sidecarset::PATCH_POD_METADATA_WHITELIST_KEY;
 use crate::api::workloadspread::WorkloadSpread;
+use crate::controllers::sidecarset::injection;
 use crate::features::FeatureGates;
+use crate::features::POD_WEBHOOK;
 use crate::runtime::metrics::MetricsRegistry;
+use kube::core::admission::Operation;
+use kube::runtime::reflector::Store;
 
 /// The ConfigMap with Kruise's runtime configuration, in the Kruise namespace.
 pub const KRUISE_CONFIGURATION: &str = "kruise-configuration";
@@ -58,13 +62,69 @@ pub struct WebhookState {
     pub namespace: String,
     pub gates: FeatureGates,
     pub metrics: WebhookMetrics,
+    /// Every SidecarSet, watched: pod admission must not wait for the API server.
+    pub sidecarsets: Store<SidecarSet>,
+    /// The SidecarSets' ControllerRevisions in the Kruise namespace, watched.
+    pub revisions: Store<ControllerRevision>,
+}
+
+impl WebhookState {
+    /// Whether the pod webhook is served (gate `PodWebhook`).
+    fn pod_webhook(&self) -> bool {
+        self.gates.enabled(POD_WEBHOOK)
+    }
+}
+
+/// Starts the watches behind the pod webhook's stores: every SidecarSet, and the SidecarSets'
+/// ControllerRevisions in the Kruise namespace. `synced` is set once both have listed.
+pub fn watch_stores(
+    client: &Client,
+    namespace: &str,
+    synced: crate::runtime::http::ReadyCondition,
+) -> (Store<SidecarSet>, Store<ControllerRevision>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (sets, sets_writer) = reflector::store();
+    let (revisions, revisions_writer) = reflector::store();
+    let set_watch = watcher(Api::<SidecarSet>::all(client.clone()), watcher::Config::default());
+    tokio::spawn(
+        reflector(sets_writer, set_watch)
+            .default_backoff()
+            .touched_objects()
+            .for_each(|r| log_watch_error("SidecarSet", r)),
+    );
+    let revision_watch = watcher(
+        Api::<ControllerRevision>::namespaced(client.clone(), namespace),
+        watcher::Config::default().labels(SIDECARSET_NAME_LABEL),
+    );
+    tokio::spawn(
+        reflector(revisions_writer, revision_watch)
+            .default_backoff()
+            .touched_objects()
+            .for_each(|r| log_watch_error("ControllerRevision", r)),
+    );
+    let (s, r) = (sets.clone(), revisions.clone());
+    tokio::spawn(async move {
+        if s.wait_until_ready().await.is_ok() && r.wait_until_ready().await.is_ok() {
+            synced.set();
+        }
+    });
+    (sets, revisions)
+}
+
+async fn log_watch_error<K>(what: &'static str, r: Result<K, kube::runtime::watcher::Error>) {
+    if let Err(e) = r {
+        warn!(error = %e, "{what} watch failed; retrying");
+    }
 }
 
 /// Every path this server answers (the caBundle sync drops configuration entries for others).
-pub fn served_paths() -> Vec<String> {
+pub fn served_paths(gates: &FeatureGates) -> Vec<String> {
+    let pods = gates.enabled(POD_WEBHOOK).then(|| MUTATE_POD_PATH.to_string());
     KINDS
         .iter()
         .flat_map(|k| k.mutating_path().into_iter().chain(std::iter::once(k.validating_path.to_string())))
+        .chain(pods)
         .collect()
 }
 
@@ -72,6 +132,10 @@ pub fn served_paths() -> Vec<String> {
 pub fn router(state: WebhookState) -> Router {
     let state = Arc::new(state);
     let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
+    if state.pod_webhook() {
+        let s = state.clone();
+        router = router.route(MUTATE_POD_PATH, post(move |review| mutate_pod(s, review)));
+    }
     for kind in KINDS {
         if let Some(path) = kind.mutating_path() {
             let (s, p) = (state.clone(), path.clone());
@@ -128,6 +192,54 @@ async fn mutate(state: Arc<WebhookState>, path: String, Json(review): Review) ->
         Err(e) => deny(resp, 400, "BadRequest", e.to_string()),
     };
     answer(&state, &path, started, resp)
+}
+
+/// Sidecar injection into pods being created.
+async fn mutate_pod(state: Arc<WebhookState>, Json(review): Review) -> (StatusCode, Review) {
+    let started = Instant::now();
+    let path = MUTATE_POD_PATH;
+    let req = match request_of(review) {
+        Ok(r) => r,
+        Err(e) => return answer(&state, path, started, AdmissionResponse::invalid(e)),
+    };
+    let resp = AdmissionResponse::from(&req);
+    let is_pod_create =
+        req.operation == Operation::Create && req.resource.resource == "pods" && req.sub_resource.is_none();
+    let Some(object) = object_json(&req.object).filter(|_| is_pod_create) else {
+        return answer(&state, path, started, resp);
+    };
+    let _span = info_span!("mutate_pod", name = %req.name, namespace = ?req.namespace).entered();
+    let pod: Pod = match serde_json::from_value(object.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            return answer(&state, path, started, deny(resp, 400, "BadRequest", format!("decoding the pod: {e}")));
+        }
+    };
+    let namespace = pod.metadata.namespace.clone().or(req.namespace.clone()).unwrap_or_default();
+    let sets = state.sidecarsets.state();
+    // Revisions are only read when a selecting set pins one.
+    let pins = sets.iter().any(|s| {
+        injection::selects(s, &pod, &namespace)
+            && s.spec.injection_strategy.as_ref().and_then(|i| i.revision.as_ref()).is_some()
+    });
+    let revisions: Vec<ControllerRevision> =
+        if pins { state.revisions.state().iter().map(|r| (**r).clone()).collect() } else { Vec::new() };
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let resp = match injection::inject(&pod, &namespace, &sets, &revisions, &now) {
+        Ok(None) => resp,
+        Ok(Some(injected)) => {
+            let patch = serde_json::to_value(&injected)
+                .map_err(|e| e.to_string())
+                .and_then(|after| admission::patch_between(&object, &after).map_err(|e| e.to_string()));
+            match patch.map(|p| resp.clone().with_patch(p)) {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => deny(resp, 500, "InternalError", e.to_string()),
+                Err(e) => deny(resp, 500, "InternalError", e),
+            }
+        }
+        Err(e) => deny(resp, 400, "BadRequest", format!("sidecar injection failed: {e}")),
+    };
+    answer(&state, path, started, resp)
 }
 
 async fn validate(state: Arc<WebhookState>, path: String, Json(review): Review) -> (StatusCode, Review) {

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{ObjectMeta, PostParams};
 use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
@@ -97,13 +98,15 @@ async fn ca_of_secret(client: &Client) -> Vec<u8> {
     s.data.and_then(|d| d.get("ca-cert.pem").map(|b| b.0.clone())).unwrap_or_default()
 }
 
-#[tokio::test]
-async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_restart() {
+/// A private control plane with the CRDs and the chart's webhook configurations installed, and
+/// one kruise-manager serving them (ready, and the configurations pointing at it).
+async fn webhook_cluster(name: &str) -> (ControlPlane, Client, ManagerProcess) {
     let cp = ControlPlane::start(ControlPlaneConfig {
-        name: "webhooks".into(),
+        name: name.into(),
         nodes: 0,
         scheduler: false,
-        controller_manager: false,
+        // Creates the namespaces' default ServiceAccounts, without which pods are refused.
+        controller_manager: true,
         ..Default::default()
     })
     .await
@@ -124,16 +127,22 @@ async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_rest
         .await
         .expect("validating");
 
-    let mut first = ManagerProcess::start(&cp, KRUISE_NS, "webhook-a", &[]);
-    let port = webhook_port(&first).await;
+    let manager = ManagerProcess::start(&cp, KRUISE_NS, &format!("{name}-a"), &[]);
+    let port = webhook_port(&manager).await;
     eventually(Duration::from_secs(60), "the configurations to point at the manager with its CA", || {
         configured_for(&client, port)
     })
     .await;
     eventually(Duration::from_secs(30), "the manager to be ready", || async {
-        crate::support::cluster::process::http_get(&first.metrics_addr, "/readyz").await.is_some()
+        crate::support::cluster::process::http_get(&manager.metrics_addr, "/readyz").await.is_some()
     })
     .await;
+    (cp, client, manager)
+}
+
+#[tokio::test]
+async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_restart() {
+    let (cp, client, mut first) = webhook_cluster("webhooks").await;
     let ca = ca_of_secret(&client).await;
     assert!(!ca.is_empty(), "the Secret holds the CA");
 
@@ -183,4 +192,127 @@ async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_rest
     create(&client, "sidecarsets", "SidecarSet", None, sidecarset("metrics", "exporter"))
         .await
         .expect("a valid one is admitted");
+}
+
+async fn create_pod(client: &Client, namespace: &str, body: serde_json::Value) -> Result<Pod, kube::Error> {
+    let pod: Pod = serde_json::from_value(body).expect("pod");
+    Api::<Pod>::namespaced(client.clone(), namespace).create(&PostParams::default(), &pod).await
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
+}
+
+/// Creates pods from `body(i)` until one satisfies `done`: the pod webhook reads SidecarSets from
+/// a watch, so a pod created right after a SidecarSet change may see the previous state.
+async fn first_pod_where(
+    client: &Client,
+    prefix: &str,
+    body: impl Fn(&str) -> serde_json::Value,
+    done: impl Fn(&Pod) -> bool,
+) -> Pod {
+    for i in 0..40 {
+        let pod = create_pod(client, "default", body(&format!("{prefix}-{i}"))).await.expect("pod admitted");
+        if done(&pod) {
+            return pod;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("no {prefix} pod came out as expected");
+}
+
+#[tokio::test]
+async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
+    let (_cp, client, _manager) = webhook_cluster("injection").await;
+    eventually(Duration::from_secs(30), "the default ServiceAccount", || async {
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "default")
+            .get_opt("default")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+
+    // The seed example: the logtail SidecarSet, applied as a user would.
+    let logtail: serde_json::Value =
+        serde_norway::from_str(include_str!("../../examples/sidecarset-logtail.yaml")).expect("example");
+    let set = create(&client, "sidecarsets", "SidecarSet", None, logtail).await.expect("logtail SidecarSet");
+    let set_hash = set.metadata.annotations.as_ref().and_then(|a| a.get("kruise.io/sidecarset-hash")).cloned();
+    assert_eq!(set_hash.as_ref().map(String::len), Some(64), "the mutating webhook hashed the set");
+
+    let app = |name: &str| {
+        json!({
+            "metadata": { "name": name, "labels": { "logging": "enabled", "app-container": "main" } },
+            "spec": { "containers": [{
+                "name": "main", "image": "nginx:1.27",
+                "env": [{ "name": "TZ", "value": "Asia/Shanghai" }, { "name": "CLUSTER_NAME", "value": "prod" }],
+                "volumeMounts": [{ "name": "logs", "mountPath": "/var/log/app" }]
+            }], "volumes": [{ "name": "logs", "emptyDir": {} }] }
+        })
+    };
+    let pod =
+        first_pod_where(&client, "web", app, |p| annotation(p, "kruise.io/sidecarset-injected-list").is_some()).await;
+    let spec = pod.spec.as_ref().expect("spec");
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["main", "logtail"], "AfterAppContainer");
+    let logtail = &spec.containers[1];
+    let env: Vec<(&str, &str)> =
+        logtail.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or(""))).collect();
+    assert_eq!(env, [("IS_INJECTED", "true"), ("TZ", "Asia/Shanghai"), ("CLUSTER_NAME", "prod")]);
+    let mounts: Vec<&str> = logtail.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+    // Own mount, then the app's: its log mount and, as upstream shares every app mount, the
+    // token mount the ServiceAccount admission plugin added before the webhook ran.
+    assert_eq!(
+        mounts,
+        ["/var/lib/logtail", "/var/log/app", "/var/run/secrets/kubernetes.io/serviceaccount"],
+        "own mount, then the shared app mounts"
+    );
+    let volumes: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert!(volumes.contains(&"logs") && volumes.contains(&"logtail-state"), "{volumes:?}");
+    assert_eq!(annotation(&pod, "kruise.io/sidecarset-injected-list"), Some("logtail"));
+    let hashes: serde_json::Value =
+        serde_json::from_str(annotation(&pod, "kruise.io/sidecarset-hash").expect("hash annotation")).expect("JSON");
+    assert_eq!(hashes["logtail"]["hash"].as_str(), set_hash.as_deref(), "the pod records the set's hash");
+    assert_eq!(hashes["logtail"]["sidecarList"], json!(["logtail"]));
+
+    // A pod the set does not select is left alone.
+    let mut plain = app("plain");
+    plain["metadata"]["labels"] = json!({ "logging": "disabled" });
+    let plain = create_pod(&client, "default", plain).await.expect("pod admitted");
+    assert_eq!(plain.spec.as_ref().map(|s| s.containers.len()), Some(1));
+    assert!(annotation(&plain, "kruise.io/sidecarset-hash").is_none());
+
+    // Pinned to a recorded revision: new pods get that revision's sidecar, not the current one.
+    let revision: ControllerRevision = serde_json::from_value(json!({
+        "metadata": {
+            "name": "logtail-v1", "namespace": KRUISE_NS,
+            "labels": { "kruise.io/sidecarset-name": "logtail", "apps.kruise.io/sidecarset-custom-version": "v1" }
+        },
+        "revision": 1,
+        "data": { "spec": {
+            "containers": [{ "name": "logtail", "image": "registry.example.com/observability/logtail:1.0.0",
+                             "podInjectPolicy": "AfterAppContainer" }],
+            "initContainers": null, "volumes": null, "imagePullSecrets": null, "patchPodMetadata": null
+        } }
+    }))
+    .expect("revision");
+    Api::<ControllerRevision>::namespaced(client.clone(), KRUISE_NS)
+        .create(&PostParams::default(), &revision)
+        .await
+        .expect("create revision");
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &resource("sidecarsets", "SidecarSet"));
+    let pin = json!({ "spec": { "injectionStrategy": { "revision": { "customVersion": "v1" } } } });
+    sets.patch("logtail", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&pin))
+        .await
+        .expect("the SidecarSet pins custom version v1 (the validating webhook finds the revision)");
+    let old_image = Some("registry.example.com/observability/logtail:1.0.0");
+    let old = first_pod_where(&client, "pinned", app, |p| {
+        let logtail = p.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == "logtail"));
+        logtail.and_then(|c| c.image.as_deref()) == old_image
+    })
+    .await;
+    let hashes: serde_json::Value =
+        serde_json::from_str(annotation(&old, "kruise.io/sidecarset-hash").expect("hash")).expect("JSON");
+    assert_eq!(hashes["logtail"]["controllerRevision"], "logtail-v1");
 }

@@ -2,6 +2,7 @@
 //! and the pod they produce. Pure: the pod webhook gathers the sets and revisions and applies the
 //! result as a patch.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -272,14 +273,15 @@ fn volumes_for(set: &SidecarSet, containers: &[Container]) -> Vec<Volume> {
 
 /// The pod with every selecting SidecarSet injected, or `None` when no set selects it.
 /// `sets` may be in any order (they are applied by name); `revisions` are the Kruise namespace's.
-pub fn inject(
+pub fn inject<S: Borrow<SidecarSet>>(
     pod: &Pod,
     namespace: &str,
-    sets: &[SidecarSet],
+    sets: &[S],
     revisions: &[ControllerRevision],
     now: &str,
 ) -> Result<Option<Pod>, InjectionError> {
-    let mut matching: Vec<&SidecarSet> = sets.iter().filter(|s| selects(s, pod, namespace)).collect();
+    let mut matching: Vec<&SidecarSet> =
+        sets.iter().map(Borrow::borrow).filter(|s| selects(s, pod, namespace)).collect();
     if matching.is_empty() {
         return Ok(None);
     }
