@@ -28,6 +28,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
+mod admission;
+
 use cluster::process::{Component, http_get};
 use cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
 use kruise::controllers::demo::{DEMO_LABEL, RECONCILED_BY};
@@ -44,6 +46,9 @@ enum Cmd {
     /// Sharded runtime: time to reconcile every object once, memory, watch bytes and requests,
     /// for several replica counts, with server-side sharding on and off.
     Shards(ShardsArgs),
+    /// Pod-create latency through the API server with the sidecar-injecting pod webhook, for
+    /// several numbers of matching SidecarSets, and the webhook's own handling time.
+    Admission(admission::AdmissionArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -113,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
     kruise::runtime::logging::init("warn,kube_client=off");
     match Cli::parse().command {
         Cmd::Shards(args) => shards(args).await,
+        Cmd::Admission(args) => admission::admission(args).await,
     }
 }
 

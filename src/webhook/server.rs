@@ -46,7 +46,11 @@ impl WebhookMetrics {
                 "kruise_webhook_handling_seconds",
                 "Time from receiving an admission request to answering it, by path and decision",
             )
-            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            // Fine below 2.5 ms: the pod webhook's target is 1 ms at p99.
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                1.0,
+            ]),
             &["path", "allowed"],
         )?;
         registry.register(&handling)?;

@@ -2,7 +2,7 @@
 //! and the pod they produce. Pure: the pod webhook gathers the sets and revisions and applies the
 //! result as a patch.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -73,16 +73,16 @@ fn read_hash_annotation(
         .collect()
 }
 
-/// The version of a set a new pod gets.
-struct Chosen {
-    set: SidecarSet,
+/// The version of a set a new pod gets: the set itself (borrowed), or a copy as of a revision.
+struct Chosen<'a> {
+    set: Cow<'a, SidecarSet>,
     hash: String,
     hash_without_image: String,
     revision: String,
 }
 
 /// The set as of its pinned revision (if any), with that revision's hashes.
-fn choose_version(set: &SidecarSet, revisions: &[ControllerRevision]) -> Result<Chosen, InjectionError> {
+fn choose_version<'a>(set: &'a SidecarSet, revisions: &[ControllerRevision]) -> Result<Chosen<'a>, InjectionError> {
     let name = set.metadata.name.clone().unwrap_or_default();
     let err = |reason: String| InjectionError::Revision { set: name.clone(), reason };
     let annotation = |o: &Option<BTreeMap<String, String>>, k: &str| o.as_ref().and_then(|a| a.get(k)).cloned();
@@ -94,7 +94,7 @@ fn choose_version(set: &SidecarSet, revisions: &[ControllerRevision]) -> Result<
                 hash_without_image: annotation(&set.metadata.annotations, SIDECARSET_HASH_WITHOUT_IMAGE)
                     .unwrap_or(computed_without),
                 revision: set.status.as_ref().and_then(|s| s.latest_revision.clone()).unwrap_or_default(),
-                set: set.clone(),
+                set: Cow::Borrowed(set),
             })
         }
         Some(rev) => {
@@ -116,7 +116,7 @@ fn choose_version(set: &SidecarSet, revisions: &[ControllerRevision]) -> Result<
                 hash_without_image: annotation(&rev.metadata.annotations, SIDECARSET_HASH_WITHOUT_IMAGE)
                     .unwrap_or(computed_without),
                 revision: rev.metadata.name.clone().unwrap_or_default(),
-                set: pinned,
+                set: Cow::Owned(pinned),
             })
         }
     }

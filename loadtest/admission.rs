@@ -1,0 +1,253 @@
+//! `kruise-loadtest admission`: pod-create latency through the real API server with the pod
+//! webhook installed and 0, 1 or 10 SidecarSets selecting the pods, at a sustained create rate;
+//! plus the webhook's own handling time from its histogram.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use kube::discovery::ApiResource;
+use serde_json::json;
+
+use crate::cluster::process::{Component, http_get};
+use crate::cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
+use crate::{Scrape, machine, scrape};
+
+#[derive(clap::Args, Clone)]
+pub struct AdmissionArgs {
+    /// Pods created per configuration.
+    #[arg(long, default_value_t = 300)]
+    pods: usize,
+    /// Pods created per second.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Numbers of SidecarSets selecting the pods, in order.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,10")]
+    sidecarsets: Vec<usize>,
+    /// The kruise-manager to run; by default the one next to this binary.
+    #[arg(long)]
+    manager_bin: Option<PathBuf>,
+}
+
+const KRUISE_NS: &str = "kruise-system";
+const PATH: &str = "/mutate-pod";
+
+fn sidecarsets() -> ApiResource {
+    ApiResource {
+        group: "apps.kruise.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "apps.kruise.io/v1alpha1".into(),
+        kind: "SidecarSet".into(),
+        plural: "sidecarsets".into(),
+    }
+}
+
+/// The handler histogram's buckets for the pod path: (upper bound, cumulative count), and sum.
+fn handler_histogram(s: &Scrape) -> (Vec<(f64, f64)>, f64, f64) {
+    let mut buckets = Vec::new();
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in s.0.lines().filter(|l| l.contains(&format!("path=\"{PATH}\""))) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if series.starts_with("kruise_webhook_handling_seconds_bucket") {
+            let le = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("+Inf");
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, c)) => *c += value, // allowed="true" and "false" series
+                None => buckets.push((bound, value)),
+            }
+        } else if series.starts_with("kruise_webhook_handling_seconds_sum") {
+            sum += value;
+        } else if series.starts_with("kruise_webhook_handling_seconds_count") {
+            count += value;
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (buckets, sum, count)
+}
+
+/// The smallest bucket bound holding quantile `q` of the requests between two scrapes.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(b, c)| (*b, c - before.iter().find(|(x, _)| x == b).map(|(_, v)| *v).unwrap_or(0.0)))
+        .collect();
+    let total = delta.last().map(|(_, c)| *c).unwrap_or(0.0);
+    delta.iter().find(|(_, c)| *c >= q * total).map(|(b, _)| *b).unwrap_or(f64::NAN)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn webhook_port(log: &std::path::Path) -> anyhow::Result<u16> {
+    for _ in 0..120 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .find(|l| l.contains("serving webhooks (HTTPS)"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(p) = port {
+            return Ok(p);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the manager never logged its webhook port; see {}", log.display())
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) -> anyhow::Result<()> {
+    for _ in 0..240 {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": "bench" } },
+        "spec": { "containers": [{ "name": "main", "image": "nginx:1.27" }] }
+    }))
+    .unwrap_or_default()
+}
+
+pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
+    let manager = match &args.manager_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("kruise-manager"),
+    };
+    println!("# kruise-loadtest admission: {} pods per configuration at {}/s", args.pods, args.rate);
+    println!("machine: {}; manager: {}", machine(), manager.display());
+    let cp = ControlPlane::start(ControlPlaneConfig {
+        name: "admission".into(),
+        nodes: 0,
+        scheduler: false,
+        controller_manager: true,
+        lifetime: Lifetime::TiedToProcess,
+        ..Default::default()
+    })
+    .await
+    .context("starting the control plane")?;
+    let client = cp.admin_client().await?;
+    for crd in kruise::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(
+            client.clone(),
+        )
+        .patch(&name, &PatchParams::apply("kruise-loadtest").force(), &Patch::Apply(&crd))
+        .await?;
+    }
+    let ns = |name: &str| Namespace {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(KRUISE_NS)).await?;
+    let (m, v) = kruise::webhook::configuration::configurations(KRUISE_NS, "kruise-webhook-service");
+    Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &m).await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &v).await?;
+
+    let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
+    let flags = vec![
+        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+        "--identity=admission-bench".to_string(),
+        format!("--leader-election-namespace={KRUISE_NS}"),
+        format!("--metrics-addr={metrics_addr}"),
+        format!("--health-probe-addr={metrics_addr}"),
+        "--webhook-port=0".to_string(),
+        "--webhook-host=127.0.0.1".to_string(),
+    ];
+    let mut process = Component::spawn("manager", &manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
+    let port = webhook_port(&process.log).await?;
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    wait_for("the pod webhook to point at the manager", async || {
+        let m = mutating.get(kruise::webhook::configuration::MUTATING_CONFIGURATION).await.ok();
+        m.and_then(|m| m.webhooks).is_some_and(|w| {
+            w.iter().all(|w| w.client_config.url.as_deref().is_some_and(|u| u.contains(&format!(":{port}/"))))
+        })
+    })
+    .await?;
+    wait_for("the manager to be ready", async || http_get(&metrics_addr, "/readyz").await.is_some()).await?;
+
+    println!(
+        "\n| SidecarSets matching | pods | create p50 ms | create p99 ms | handler mean ms | handler p50 ≤ ms | handler p99 ≤ ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &sidecarsets());
+    for (round, n) in args.sidecarsets.iter().enumerate() {
+        let _ = sets.delete_collection(&DeleteParams::default(), &Default::default()).await;
+        for i in 0..*n {
+            let set: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+                "metadata": { "name": format!("bench-{i}") },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "bench" } },
+                    "containers": [{ "name": format!("sidecar-{i}"), "image": "busybox:1.36",
+                                     "env": [{ "name": "TZ", "value": "UTC" }],
+                                     "transferEnv": [{ "sourceContainerName": "main", "envName": "TZ" }] }]
+                }
+            }))?;
+            sets.create(&PostParams::default(), &set).await?;
+        }
+        let namespace = format!("bench-{round}");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(&namespace)).await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        wait_for("the default ServiceAccount", async || sas.get_opt("default").await.ok().flatten().is_some()).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        // The webhook reads SidecarSets from a watch: wait until a probe pod gets all n sidecars.
+        let mut probe = 0;
+        wait_for("the webhook to see the SidecarSets", async || {
+            probe += 1;
+            let created = pods.create(&PostParams::default(), &pod(&format!("probe-{probe}"))).await;
+            created.ok().and_then(|p| p.spec).is_some_and(|s| s.containers.len() == n + 1)
+        })
+        .await?;
+
+        let before = handler_histogram(&scrape(&metrics_addr).await);
+        let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..args.pods {
+            tokio::time::sleep_until((started + interval * i as u32).into()).await;
+            let pods = pods.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = pods.create(&PostParams::default(), &pod(&format!("p-{i}"))).await;
+                r.map(|_| t.elapsed().as_secs_f64() * 1000.0)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.push(t.await?.context("creating a pod")?);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let after = handler_histogram(&scrape(&metrics_addr).await);
+        let handled = after.2 - before.2;
+        let mean_ms = if handled > 0.0 { (after.1 - before.1) / handled * 1000.0 } else { f64::NAN };
+        println!(
+            "| {n} | {} | {:.1} | {:.1} | {:.3} | {} | {} |",
+            args.pods,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            mean_ms,
+            bucket_quantile(&before.0, &after.0, 0.5) * 1000.0,
+            bucket_quantile(&before.0, &after.0, 0.99) * 1000.0,
+        );
+        let _ = Api::<Namespace>::all(client.clone()).delete(&namespace, &DeleteParams::background()).await;
+    }
+    process.stop(Duration::from_secs(10));
+    Ok(())
+}
