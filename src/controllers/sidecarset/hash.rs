@@ -103,9 +103,10 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Writes `s` as Go's encoder does: `<`, `>`, `&`, U+2028 and U+2029 escaped.
-fn go_string(out: &mut String, s: &str) {
-    let json = serde_json::to_string(s).unwrap_or_default();
+/// JSON text with the characters Go's encoder escapes escaped: `<`, `>`, `&`, U+2028, U+2029.
+/// (They only ever appear inside strings, so this is safe on whole documents.)
+pub fn go_escape_html(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
     for c in json.chars() {
         match c {
             '<' => out.push_str("\\u003c"),
@@ -116,6 +117,12 @@ fn go_string(out: &mut String, s: &str) {
             c => out.push(c),
         }
     }
+    out
+}
+
+/// Writes `s` as a Go JSON string.
+fn go_string(out: &mut String, s: &str) {
+    out.push_str(&go_escape_html(&serde_json::to_string(s).unwrap_or_default()));
 }
 
 /// A value of unknown Go type: maps (and structs without a known order) with sorted keys.
