@@ -337,7 +337,15 @@ pub fn inject<S: Borrow<SidecarSet>>(
 
     let spec = out.spec.get_or_insert_with(Default::default);
     init_containers.sort_by(|a, b| a.name.cmp(&b.name));
-    spec.init_containers.get_or_insert_with(Vec::new).extend(init_containers);
+    // Appended after the pod's, or replacing a same-named one (as later upstream versions do),
+    // so injecting twice changes nothing.
+    let pod_inits = spec.init_containers.get_or_insert_with(Vec::new);
+    for c in init_containers {
+        match pod_inits.iter_mut().find(|p| p.name == c.name) {
+            Some(existing) => *existing = c,
+            None => pod_inits.push(c),
+        }
+    }
     // A sidecar named like an app container replaces it in place; the rest go before or after.
     let mut app = std::mem::take(&mut spec.containers);
     let mut placed = |list: Vec<Container>| -> Vec<Container> {
@@ -682,5 +690,23 @@ mod tests {
         assert_eq!(hashes["logtail-sidecarset"].controller_revision, "logtail-sidecarset-old");
         // A pinned revision that does not exist fails the pod, rather than injecting something else.
         assert!(matches!(inject(&nginx_pod(), "default", &[s], &[], NOW), Err(InjectionError::Revision { .. })));
+    }
+
+    #[test]
+    fn injecting_twice_changes_nothing() {
+        let s = set(json!({
+            "metadata": { "name": "twice" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "nginx" } },
+                "initContainers": [{ "name": "init", "image": "b" }],
+                "containers": [{ "name": "sidecar", "image": "b", "shareVolumePolicy": { "type": "enabled" },
+                                 "transferEnv": [{ "sourceContainerName": "nginx", "envName": "TZ" }] }],
+                "imagePullSecrets": [{ "name": "s" }]
+            }
+        }));
+        let sets = [s, logtail()];
+        let once = inject(&nginx_pod(), "default", &sets, &[], NOW).unwrap().unwrap();
+        let twice = inject(&once, "default", &sets, &[], NOW).unwrap().unwrap();
+        assert_eq!(twice, once);
     }
 }
