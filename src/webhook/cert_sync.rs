@@ -3,7 +3,10 @@
 //! webhook configurations' `caBundle` and endpoints current.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -54,15 +57,46 @@ pub struct CertSyncArgs {
     pub period: Duration,
 }
 
-/// Syncs forever: every `period` after a success, with back-off after a failure.
+/// Wakes `changed` on every change to the object `name` of `api`.
+fn notify_on_change<K>(api: Api<K>, name: &str, changed: Arc<Notify>)
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    tokio::spawn(watcher(api, config).default_backoff().for_each(move |_| {
+        changed.notify_one();
+        std::future::ready(())
+    }));
+}
+
+/// Watches the Secret and the two configurations, so the sync repairs them at once (someone
+/// emptied the Secret, Helm reset a caBundle) rather than at the next period.
+fn watch_for_changes(args: &CertSyncArgs, changed: &Arc<Notify>) {
+    let secrets: Api<Secret> = Api::namespaced(args.client.clone(), &args.namespace);
+    notify_on_change(secrets, &args.secret_name, changed.clone());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(args.client.clone());
+    notify_on_change(mutating, MUTATING_CONFIGURATION, changed.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(args.client.clone());
+    notify_on_change(validating, VALIDATING_CONFIGURATION, changed.clone());
+}
+
+/// Syncs forever: on every change of what it keeps, at least every `period`, and with back-off
+/// after a failure.
 pub async fn run(args: CertSyncArgs) {
     let backoff = Backoff { base: Duration::from_millis(200), max: Duration::from_secs(60) };
+    let changed = Arc::new(Notify::new());
+    watch_for_changes(&args, &changed);
     let mut failures = 0;
     loop {
         match sync_once(&args).await {
             Ok(()) => {
                 failures = 0;
-                tokio::time::sleep(args.period).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(args.period) => {}
+                    _ = changed.notified() => {}
+                }
             }
             Err(SyncError::Raced) => {} // read again at once
             Err(e) => {

@@ -178,6 +178,67 @@ async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_rest
     let handled = first.metric("kruise_webhook_handling_seconds_count{allowed=\"false\",path=\"/validate-apps-kruise-io-v1alpha1-sidecarset\"}").await;
     assert_eq!(handled, Some(1.0), "the denial was timed");
 
+    // patchPodMetadata is limited by the whitelist in kruise-configuration.
+    let patching = |name: &str, key: &str| {
+        json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+            "metadata": { "name": name, "labels": { "app": "sidecar" } },
+            "spec": {
+                "selector": { "matchLabels": { "app": name } },
+                "containers": [{ "name": name, "image": "busybox:1.36" }],
+                "patchPodMetadata": [{ "annotations": { key: "1" }, "patchPolicy": "Retain" }]
+            }
+        })
+    };
+    let denied = |r: Result<DynamicObject, kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 422 => s.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    let msg = denied(create(&client, "sidecarsets", "SidecarSet", None, patching("oom-a", "oom-score")).await);
+    assert!(msg.contains("whitelist not found"), "{msg}");
+    let whitelist = json!({ "rules": [{ "selector": { "matchLabels": { "app": "sidecar" } }, "allowedAnnotationKeyExprs": ["^oom-score$"] }] });
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta { name: Some("kruise-configuration".into()), ..Default::default() },
+        data: Some([("SidecarSet_PatchPodMetadata_WhiteList".to_string(), whitelist.to_string())].into()),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), KRUISE_NS)
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("whitelist ConfigMap");
+    create(&client, "sidecarsets", "SidecarSet", None, patching("oom-b", "oom-score"))
+        .await
+        .expect("a whitelisted key");
+    let msg = denied(create(&client, "sidecarsets", "SidecarSet", None, patching("oom-c", "other")).await);
+    assert!(msg.contains("annotation other is not allowed"), "{msg}");
+
+    // The Secret deleted: the replica writes a new one at once and re-points the configurations.
+    Api::<Secret>::namespaced(client.clone(), KRUISE_NS)
+        .delete("kruise-webhook-certs", &Default::default())
+        .await
+        .expect("delete the Secret");
+    let secrets = Api::<Secret>::namespaced(client.clone(), KRUISE_NS);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let replaced = loop {
+        let secret = secrets.get_opt("kruise-webhook-certs").await.ok().flatten();
+        let new_ca = secret.and_then(|s| s.data).and_then(|d| d.get("ca-cert.pem").map(|b| b.0.clone()));
+        if let Some(c) = new_ca.filter(|c| !c.is_empty() && *c != ca) {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new Secret with a new CA within 20 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eventually(Duration::from_secs(20), "the configurations to carry the new CA", || async {
+        let v = Api::<ValidatingWebhookConfiguration>::all(client.clone()).get(VALIDATING_CONFIGURATION).await.ok();
+        v.and_then(|v| v.webhooks)
+            .is_some_and(|w| w.iter().all(|w| w.client_config.ca_bundle.as_ref().is_some_and(|b| b.0 == replaced)))
+    })
+    .await;
+    create(&client, "sidecarsets", "SidecarSet", None, sidecarset("after-rotation", "rotated"))
+        .await
+        .expect("served with the new certificate");
+    let ca = replaced;
+
     // A new process (new port, same Secret) takes over with the same CA.
     first.process.stop(Duration::from_secs(10));
     let second = ManagerProcess::start(&cp, KRUISE_NS, "webhook-b", &[]);
