@@ -49,6 +49,8 @@ enum Cmd {
     /// Pod-create latency through the API server with the sidecar-injecting pod webhook, for
     /// several numbers of matching SidecarSets, and the webhook's own handling time.
     Admission(admission::AdmissionArgs),
+    /// The pod webhook's decision (injection + JSON patch) timed in process, without a cluster.
+    Injection(admission::InjectionArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -119,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Shards(args) => shards(args).await,
         Cmd::Admission(args) => admission::admission(args).await,
+        Cmd::Injection(args) => admission::injection(args),
     }
 }
 

@@ -86,13 +86,20 @@ fn choose_version<'a>(set: &'a SidecarSet, revisions: &[ControllerRevision]) -> 
     let name = set.metadata.name.clone().unwrap_or_default();
     let err = |reason: String| InjectionError::Revision { set: name.clone(), reason };
     let annotation = |o: &Option<BTreeMap<String, String>>, k: &str| o.as_ref().and_then(|a| a.get(k)).cloned();
+    // The stored hashes when there are (the webhook writes them on every set), computed otherwise.
+    let hashes = |annotations: &Option<BTreeMap<String, String>>, set: &SidecarSet| match (
+        annotation(annotations, SIDECARSET_HASH),
+        annotation(annotations, SIDECARSET_HASH_WITHOUT_IMAGE),
+    ) {
+        (Some(h), Some(w)) => (h, w),
+        _ => sidecarset_hashes(set),
+    };
     match set.pinned_revision(revisions).map_err(err)? {
         None => {
-            let (computed, computed_without) = sidecarset_hashes(set);
+            let (hash, hash_without_image) = hashes(&set.metadata.annotations, set);
             Ok(Chosen {
-                hash: annotation(&set.metadata.annotations, SIDECARSET_HASH).unwrap_or(computed),
-                hash_without_image: annotation(&set.metadata.annotations, SIDECARSET_HASH_WITHOUT_IMAGE)
-                    .unwrap_or(computed_without),
+                hash,
+                hash_without_image,
                 revision: set.status.as_ref().and_then(|s| s.latest_revision.clone()).unwrap_or_default(),
                 set: Cow::Borrowed(set),
             })
@@ -110,11 +117,10 @@ fn choose_version<'a>(set: &'a SidecarSet, revisions: &[ControllerRevision]) -> 
             pinned.spec.volumes = serde_json::from_value(field("volumes")).map_err(decode)?;
             pinned.spec.image_pull_secrets = serde_json::from_value(field("imagePullSecrets")).map_err(decode)?;
             pinned.spec.patch_pod_metadata = serde_json::from_value(field("patchPodMetadata")).map_err(decode)?;
-            let (computed, computed_without) = sidecarset_hashes(&pinned);
+            let (hash, hash_without_image) = hashes(&rev.metadata.annotations, &pinned);
             Ok(Chosen {
-                hash: annotation(&rev.metadata.annotations, SIDECARSET_HASH).unwrap_or(computed),
-                hash_without_image: annotation(&rev.metadata.annotations, SIDECARSET_HASH_WITHOUT_IMAGE)
-                    .unwrap_or(computed_without),
+                hash,
+                hash_without_image,
                 revision: rev.metadata.name.clone().unwrap_or_default(),
                 set: Cow::Owned(pinned),
             })
