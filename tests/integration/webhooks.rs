@@ -376,4 +376,73 @@ async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
     let hashes: serde_json::Value =
         serde_json::from_str(annotation(&old, "kruise.io/sidecarset-hash").expect("hash")).expect("JSON");
     assert_eq!(hashes["logtail"]["controllerRevision"], "logtail-v1");
+
+    // Pinned by name instead: another recorded revision.
+    let mut v0 = revision.clone();
+    v0.metadata.name = Some("logtail-v0".into());
+    v0.metadata.labels.as_mut().expect("labels").insert("apps.kruise.io/sidecarset-custom-version".into(), "v0".into());
+    v0.revision = 0;
+    v0.data.as_mut().expect("data").0["spec"]["containers"][0]["image"] =
+        json!("registry.example.com/observability/logtail:0.9.0");
+    Api::<ControllerRevision>::namespaced(client.clone(), KRUISE_NS)
+        .create(&PostParams::default(), &v0)
+        .await
+        .expect("create revision v0");
+    let pin = json!({ "spec": { "injectionStrategy": { "revision": { "customVersion": null, "revisionName": "logtail-v0" } } } });
+    sets.patch("logtail", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&pin))
+        .await
+        .expect("the SidecarSet pins revision logtail-v0 by name");
+    let v0_image = Some("registry.example.com/observability/logtail:0.9.0");
+    first_pod_where(&client, "by-name", app, |p| {
+        let logtail = p.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == "logtail"));
+        logtail.and_then(|c| c.image.as_deref()) == v0_image
+    })
+    .await;
+
+    // patchPodMetadata, each policy, on pods with their own annotations (keys whitelisted).
+    let whitelist = json!({ "rules": [{ "allowedAnnotationKeyExprs": ["^(kept|replaced|merged)$"] }] });
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta { name: Some("kruise-configuration".into()), ..Default::default() },
+        data: Some([("SidecarSet_PatchPodMetadata_WhiteList".to_string(), whitelist.to_string())].into()),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), KRUISE_NS)
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("whitelist");
+    create(
+        &client,
+        "sidecarsets",
+        "SidecarSet",
+        None,
+        json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+            "metadata": { "name": "patcher" },
+            "spec": {
+                "selector": { "matchLabels": { "patch": "me" } },
+                "containers": [{ "name": "patcher", "image": "busybox:1.36" }],
+                "patchPodMetadata": [
+                    { "annotations": { "kept": "side" }, "patchPolicy": "Retain" },
+                    { "annotations": { "replaced": "side" }, "patchPolicy": "Overwrite" },
+                    { "annotations": { "merged": "{\"envoy\":2}" }, "patchPolicy": "MergePatchJson" }
+                ]
+            }
+        }),
+    )
+    .await
+    .expect("patching SidecarSet");
+    let annotated = |name: &str| {
+        json!({
+            "metadata": { "name": name, "labels": { "patch": "me" },
+                          "annotations": { "kept": "user", "replaced": "user", "merged": "{\"log-agent\":1}" } },
+            "spec": { "containers": [{ "name": "main", "image": "nginx:1.27" }] }
+        })
+    };
+    let patched = first_pod_where(&client, "patched", annotated, |p| {
+        annotation(p, "kruise.io/sidecarset-injected-list").is_some()
+    })
+    .await;
+    assert_eq!(annotation(&patched, "kept"), Some("user"), "Retain keeps the pod's value");
+    assert_eq!(annotation(&patched, "replaced"), Some("side"), "Overwrite replaces it");
+    assert_eq!(annotation(&patched, "merged"), Some(r#"{"envoy":2,"log-agent":1}"#), "MergePatchJson merges");
 }
