@@ -1,4 +1,5 @@
-//! ApiWriter: every write of the manager goes through here.
+//! ApiWriter: every write of the manager goes through here: merge patches, creates and deletes,
+//! in order per object.
 //!
 //! Writes wait for a token of one shared bucket (`--kube-api-qps`, `--kube-api-burst`), so a
 //! replica never exceeds its budget however many actors write. While a write waits, later merge
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -73,9 +74,31 @@ impl WriteTarget {
 
 type Reply = RpcReplyPort<Result<(), WriteError>>;
 
-/// One request waiting for a token: a merge patch and everyone whose patch it carries.
+/// What a write does to its target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// A JSON merge patch; several waiting ones fold into one.
+    MergePatch(Value),
+    /// Create the object (the target names it); 409 if it exists.
+    Create(Value),
+    /// Delete the object; 404 if it is gone.
+    Delete,
+}
+
+impl WriteOp {
+    fn verb(&self, status: bool) -> &'static str {
+        match (self, status) {
+            (WriteOp::MergePatch(_), false) => "patch",
+            (WriteOp::MergePatch(_), true) => "patch_status",
+            (WriteOp::Create(_), _) => "create",
+            (WriteOp::Delete, _) => "delete",
+        }
+    }
+}
+
+/// One request waiting for a token, and everyone whose write it carries.
 struct PendingWrite {
-    patch: Value,
+    op: WriteOp,
     replies: Vec<Reply>,
     attempts: u32,
 }
@@ -83,6 +106,8 @@ struct PendingWrite {
 pub enum WriterMsg {
     /// Merge-patch `target` with `patch`; the reply (if any) gets the request's outcome.
     Patch { target: WriteTarget, patch: Value, reply: Option<Reply> },
+    /// Any write to `target`, in order with the others to the same object.
+    Write { target: WriteTarget, op: WriteOp, reply: Option<Reply> },
     /// A token is available: send the oldest waiting write.
     Flush,
     /// A request came back.
@@ -209,7 +234,8 @@ impl Actor for ApiWriter {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WriterMsg::Patch { target, patch, reply } => st.enqueue(target, patch, reply),
+            WriterMsg::Patch { target, patch, reply } => st.enqueue(target, WriteOp::MergePatch(patch), reply),
+            WriterMsg::Write { target, op, reply } => st.enqueue(target, op, reply),
             WriterMsg::Flush => {
                 st.flush_scheduled = false;
                 st.send_next(&myself);
@@ -236,7 +262,7 @@ impl Actor for ApiWriter {
 }
 
 impl WriterState {
-    fn enqueue(&mut self, target: WriteTarget, patch: Value, reply: Option<Reply>) {
+    fn enqueue(&mut self, target: WriteTarget, op: WriteOp, reply: Option<Reply>) {
         let key = target.key();
         self.targets.entry(key.clone()).or_insert(target);
         let in_flight = self.in_flight.contains(&key);
@@ -246,17 +272,19 @@ impl WriterState {
         }
         // Fold into the last waiting request when one patch can say both; never into the request
         // on the wire (the front, while in flight).
+        // Only merge patches fold; creates and deletes keep their place in the order.
         let last_is_on_the_wire = in_flight && queue.len() == 1;
         if !last_is_on_the_wire
             && let Some(last) = queue.back_mut()
-            && let Some(composed) = merge_patch::compose(&last.patch, &patch)
+            && let (WriteOp::MergePatch(earlier), WriteOp::MergePatch(later)) = (&last.op, &op)
+            && let Some(composed) = merge_patch::compose(earlier, later)
         {
-            last.patch = composed;
+            last.op = WriteOp::MergePatch(composed);
             last.replies.extend(reply);
             self.metrics.coalesced.inc();
             return;
         }
-        queue.push_back(PendingWrite { patch, replies: reply.into_iter().collect(), attempts: 0 });
+        queue.push_back(PendingWrite { op, replies: reply.into_iter().collect(), attempts: 0 });
     }
 
     fn sendable(&self) -> Option<usize> {
@@ -291,7 +319,7 @@ impl WriterState {
         else {
             return;
         };
-        let patch = write.patch.clone();
+        let op = write.op.clone();
         self.in_flight.insert(key.clone());
         let client = self.client.clone();
         let me = myself.clone();
@@ -301,21 +329,29 @@ impl WriterState {
                 Some(ns) => Api::namespaced_with(client, ns, &target.resource),
                 None => Api::all_with(client, &target.resource),
             };
-            let params = PatchParams::default();
-            let patch = Patch::Merge(&patch);
-            let outcome = if target.status {
-                api.patch_status(&target.name, &params, &patch).await
-            } else {
-                api.patch(&target.name, &params, &patch).await
+            let verb = op.verb(target.status);
+            let outcome = match op {
+                WriteOp::MergePatch(patch) => {
+                    let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+                    if target.status {
+                        api.patch_status(&target.name, &params, &patch).await.map(|_| ())
+                    } else {
+                        api.patch(&target.name, &params, &patch).await.map(|_| ())
+                    }
+                }
+                WriteOp::Create(object) => match serde_json::from_value::<DynamicObject>(object) {
+                    Ok(o) => api.create(&PostParams::default(), &o).await.map(|_| ()),
+                    Err(e) => Err(kube::Error::SerdeError(e)),
+                },
+                WriteOp::Delete => api.delete(&target.name, &DeleteParams::default()).await.map(|_| ()),
             };
             let (code, result) = match outcome {
-                Ok(_) => ("200".to_string(), Ok(())),
+                Ok(()) => ((if verb == "create" { "201" } else { "200" }).to_string(), Ok(())),
                 Err(kube::Error::Api(s)) => {
                     (s.code.to_string(), Err(WriteError::Api { code: s.code, message: s.message }))
                 }
                 Err(e) => ("<error>".to_string(), Err(WriteError::Transport(e.to_string()))),
             };
-            let verb = if target.status { "patch_status" } else { "patch" };
             requests.with_label_values(&[verb, target.resource.plural.as_str(), code.as_str()]).inc();
             let _ = me.send_message(WriterMsg::Sent { key, result });
         });

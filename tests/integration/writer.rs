@@ -13,7 +13,7 @@ use ractor::{Actor, ActorRef};
 use serde_json::json;
 use tokio::time::Instant;
 
-use kruise::runtime::api_writer::{ApiWriter, WriteError, WriteTarget, WriterArgs, WriterMetrics, WriterMsg};
+use kruise::runtime::api_writer::{ApiWriter, WriteError, WriteOp, WriteTarget, WriterArgs, WriterMetrics, WriterMsg};
 use kruise::runtime::metrics::MetricsRegistry;
 
 use crate::support::{TestNamespace, test_cluster};
@@ -168,5 +168,53 @@ async fn no_more_writes_are_in_flight_than_allowed() {
     let most = tokio::time::timeout(Duration::from_secs(10), sampler).await.expect("sampler done").expect("sampler");
     eprintln!("most writes in flight at once: {most}");
     assert!((1.0..=2.0).contains(&most), "{most} writes were in flight at once, over the bound of 2");
+    writer.stop(None);
+}
+
+#[tokio::test]
+async fn creates_patches_and_deletes_go_out_in_order() {
+    let tc = test_cluster().await;
+    let ns = TestNamespace::create(&tc, "writer-ops").await;
+    let (writer, registry) = start_writer(tc.client.clone(), 1000.0, 1000, 32).await;
+    let send = |op: WriteOp| {
+        let (tx, rx) = oneshot();
+        writer
+            .send_message(WriterMsg::Write { target: target(&ns.name, "made"), op, reply: Some(tx.into()) })
+            .expect("writer alive");
+        rx
+    };
+    let object =
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "made" }, "data": { "a": "1" } });
+    // All three are queued at once; the writer keeps their order for the object.
+    let created = send(WriteOp::Create(object.clone()));
+    let patched = send(WriteOp::MergePatch(json!({ "data": { "b": "2" } })));
+    let again = send(WriteOp::Create(object));
+    for (what, rx) in [("create", created), ("patch", patched)] {
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(30), rx).await.expect("reply").expect("replied"),
+            Ok(()),
+            "{what}"
+        );
+    }
+    let exists = tokio::time::timeout(Duration::from_secs(30), again).await.expect("reply").expect("replied");
+    assert!(matches!(exists, Err(WriteError::Api { code: 409, .. })), "a second create is refused: {exists:?}");
+    let cm = Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name).get("made").await.expect("get");
+    assert_eq!(cm.data, Some(BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])));
+
+    let deleted = send(WriteOp::Delete);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(30), deleted).await.expect("reply").expect("replied"), Ok(()));
+    assert!(Api::<ConfigMap>::namespaced(tc.client.clone(), &ns.name).get_opt("made").await.expect("get").is_none());
+    assert_eq!(
+        metric(&registry, "kruise_writer_requests_total{code=\"201\",resource=\"configmaps\",verb=\"create\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&registry, "kruise_writer_requests_total{code=\"409\",resource=\"configmaps\",verb=\"create\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&registry, "kruise_writer_requests_total{code=\"200\",resource=\"configmaps\",verb=\"delete\"}"),
+        1.0
+    );
     writer.stop(None);
 }
