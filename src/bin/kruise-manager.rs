@@ -195,6 +195,21 @@ async fn main() -> anyhow::Result<()> {
         };
         reconcilers.insert(demo.name(), Arc::new(demo));
     }
+    if serves(&client, "apps.kruise.io/v1alpha1", "sidecarsets").await {
+        use kruise::controllers::sidecarset::controller;
+        let store = ObjectStore::default();
+        watches.push(controller::watch_spec(store.clone()));
+        let revisions = controller::SidecarSetRevisions {
+            client: client.clone(),
+            namespace: flags.leader_election_namespace.clone(),
+            store,
+            space,
+            ownership: ownership.clone(),
+        };
+        reconcilers.insert(revisions.name(), Arc::new(revisions));
+    } else {
+        tracing::info!("the SidecarSet CRD is not served: its controller is not started");
+    }
     if watches.is_empty() {
         caches_ready.set();
     }
@@ -253,6 +268,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
     Ok(())
+}
+
+/// Whether the API server serves `plural` in `api_version` (upstream skips a controller whose CRD
+/// is missing). Retried a few times, as upstream's discovery, so a just-started server counts.
+async fn serves(client: &kube::Client, api_version: &str, plural: &str) -> bool {
+    for attempt in 0..4 {
+        match client.list_api_group_resources(api_version).await {
+            Ok(list) => return list.resources.iter().any(|r| r.name == plural),
+            Err(kube::Error::Api(e)) if e.code == 404 => return false,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500 * 5u64.pow(attempt))).await,
+        }
+    }
+    // Other errors count as present, as upstream: the watch retries until it works.
+    true
 }
 
 /// The webhook server (HTTPS) and the certificate sync that feeds it.

@@ -302,6 +302,30 @@ async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
     let set_hash = set.metadata.annotations.as_ref().and_then(|a| a.get("kruise.io/sidecarset-hash")).cloned();
     assert_eq!(set_hash.as_ref().map(String::len), Some(64), "the mutating webhook hashed the set");
 
+    // The controller records the set's first revision and names it in the status.
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &resource("sidecarsets", "SidecarSet"));
+    let mut latest = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while latest.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "status.latestRevision never set");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let s = sets.get("logtail").await.expect("get set");
+        latest = s.data.pointer("/status/latestRevision").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    }
+    assert!(latest.starts_with("logtail-"), "{latest}");
+    let rev =
+        Api::<ControllerRevision>::namespaced(client.clone(), KRUISE_NS).get(&latest).await.expect("the revision");
+    assert_eq!(
+        rev.metadata.labels.as_ref().and_then(|l| l.get("kruise.io/sidecarset-name")).map(String::as_str),
+        Some("logtail")
+    );
+    assert_eq!(rev.revision, 1);
+    assert_eq!(
+        rev.metadata.annotations.as_ref().and_then(|a| a.get("kruise.io/sidecarset-hash")),
+        set_hash.as_ref(),
+        "the revision carries the set's hashes"
+    );
+
     let app = |name: &str| {
         json!({
             "metadata": { "name": name, "labels": { "logging": "enabled", "app-container": "main" } },
@@ -362,7 +386,6 @@ async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
         .create(&PostParams::default(), &revision)
         .await
         .expect("create revision");
-    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &resource("sidecarsets", "SidecarSet"));
     let pin = json!({ "spec": { "injectionStrategy": { "revision": { "customVersion": "v1" } } } });
     sets.patch("logtail", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&pin))
         .await

@@ -1,0 +1,142 @@
+//! The SidecarSet controller's revision history: on every SidecarSet change, the revision
+//! planner's decisions are written through the ApiWriter (new ControllerRevision, renumbering,
+//! pruning) and `status.latestRevision` / `collisionCount` / `observedGeneration` follow.
+//! (Pod status and in-place upgrades come with the rest of this controller.)
+//!
+//! SidecarSets are cluster-scoped, so they all fall in the shard of namespace "": one replica at a
+//! time keeps their history, fenced like any other shard.
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use kube::api::{ApiResource, ListParams};
+use kube::{Api, Client};
+use ractor::ActorRef;
+use ractor::concurrency::oneshot;
+use serde_json::json;
+use tracing::info;
+
+use super::revision::plan_revisions;
+use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
+use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, WriterMsg};
+use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
+use crate::runtime::object_store::{ObjectStore, Trim};
+use crate::runtime::ownership::ShardOwnership;
+use crate::runtime::shard::ShardSpace;
+use crate::runtime::supervisor::API_WRITER;
+use crate::runtime::watch_hub::WatchSpec;
+
+pub const CONTROLLER: &str = "sidecarset-controller";
+
+/// What the controller watches: every SidecarSet, kept whole (its spec is the revision).
+pub fn watch_spec(store: ObjectStore) -> WatchSpec {
+    WatchSpec {
+        controllers: vec![CONTROLLER],
+        url_path: "/apis/apps.kruise.io/v1alpha1/sidecarsets".into(),
+        label_selector: None,
+        store,
+        trim: Trim::default(),
+        namespaced: false,
+    }
+}
+
+pub struct SidecarSetRevisions {
+    pub client: Client,
+    /// The Kruise namespace, where revisions live.
+    pub namespace: String,
+    pub store: ObjectStore,
+    pub space: ShardSpace,
+    pub ownership: ShardOwnership,
+}
+
+fn err(e: impl std::fmt::Display) -> ReconcileError {
+    ReconcileError(e.to_string())
+}
+
+/// Sends one write and waits for its outcome.
+async fn write(target: WriteTarget, op: WriteOp) -> Result<(), WriteError> {
+    let writer: ActorRef<WriterMsg> = ractor::registry::where_is(API_WRITER).ok_or(WriteError::Stopped)?.into();
+    let (tx, rx) = oneshot();
+    writer.send_message(WriterMsg::Write { target, op, reply: Some(tx.into()) }).map_err(|_| WriteError::Stopped)?;
+    rx.await.map_err(|_| WriteError::Stopped)?
+}
+
+impl Reconciler for SidecarSetRevisions {
+    fn name(&self) -> &'static str {
+        CONTROLLER
+    }
+
+    fn reconcile(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Action, ReconcileError>> {
+        let shard = self.space.shard_of_key(namespace);
+        let ownership = self.ownership.clone();
+        let cached = self.store.get(namespace, name);
+        let client = self.client.clone();
+        let kruise_ns = self.namespace.clone();
+        let name = name.to_string();
+        Box::pin(async move {
+            // Fencing, and nothing to keep for a deleted set (its revisions go with it: owner refs).
+            let Some(object) = cached.filter(|_| ownership.holds(shard)) else { return Ok(Action::Done) };
+            let set: SidecarSet = serde_json::from_value(serde_json::to_value(&*object).map_err(err)?).map_err(err)?;
+            let revisions: Api<ControllerRevision> = Api::namespaced(client, &kruise_ns);
+            let existing = revisions
+                .list(&ListParams::default().labels(&format!("{SIDECARSET_NAME_LABEL}={name}")))
+                .await
+                .map_err(err)?;
+            let plan = plan_revisions(&set, &existing.items, &kruise_ns);
+            let revision_target = |rev: &str| WriteTarget {
+                resource: ApiResource::erase::<ControllerRevision>(&()),
+                namespace: Some(kruise_ns.clone()),
+                name: rev.to_string(),
+                status: false,
+            };
+            if let Some(new) = &plan.create {
+                let target = revision_target(new.metadata.name.as_deref().unwrap_or_default());
+                let mut body = serde_json::to_value(new).map_err(err)?;
+                body["apiVersion"] = json!("apps/v1");
+                body["kind"] = json!("ControllerRevision");
+                match write(target, WriteOp::Create(body)).await {
+                    Ok(()) => info!(set = %name, revision = %plan.latest_revision, "created revision"),
+                    // Written by an earlier attempt whose answer was lost: the next pass sees it.
+                    Err(WriteError::Api { code: 409, .. }) => {
+                        return Ok(Action::RequeueAfter(std::time::Duration::from_secs(1)));
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            if let Some((rev, number)) = &plan.renumber {
+                write(revision_target(rev), WriteOp::MergePatch(json!({ "revision": number }))).await.map_err(err)?;
+            }
+            for old in &plan.delete {
+                match write(revision_target(old), WriteOp::Delete).await {
+                    Ok(()) | Err(WriteError::Api { code: 404, .. }) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            let status = set.status.clone().unwrap_or_default();
+            let generation = set.metadata.generation;
+            let current = (status.latest_revision.as_deref(), status.collision_count, status.observed_generation);
+            if current != (Some(plan.latest_revision.as_str()), Some(plan.collision_count), generation) {
+                let target = WriteTarget {
+                    resource: ApiResource::erase::<SidecarSet>(&()),
+                    namespace: None,
+                    name: name.clone(),
+                    status: true,
+                };
+                // The pod counts are required by the schema; they stay as they are (computed by the
+                // pod-status part of this controller, to come).
+                let patch = json!({ "status": {
+                    "matchedPods": status.matched_pods,
+                    "updatedPods": status.updated_pods,
+                    "readyPods": status.ready_pods,
+                    "latestRevision": plan.latest_revision,
+                    "collisionCount": plan.collision_count,
+                    "observedGeneration": generation,
+                } });
+                match write(target, WriteOp::MergePatch(patch)).await {
+                    Ok(()) | Err(WriteError::Api { code: 404, .. }) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            Ok(Action::Done)
+        })
+    }
+}
