@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
 use kube::{Api, Client};
@@ -468,4 +468,60 @@ async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
     assert_eq!(annotation(&patched, "kept"), Some("user"), "Retain keeps the pod's value");
     assert_eq!(annotation(&patched, "replaced"), Some("side"), "Overwrite replaces it");
     assert_eq!(annotation(&patched, "merged"), Some(r#"{"envoy":2,"log-agent":1}"#), "MergePatchJson merges");
+}
+
+#[tokio::test]
+async fn sidecarset_history_is_capped_and_a_returning_spec_is_renumbered() {
+    let (_cp, client, _manager) = webhook_cluster("history").await;
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &resource("sidecarsets", "SidecarSet"));
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), KRUISE_NS);
+    let latest = || async {
+        let s = sets.get("history").await.expect("get set");
+        s.data.pointer("/status/latestRevision").and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    };
+    let mut set = sidecarset("history", "history");
+    set["spec"]["imagePullSecrets"] = json!([{ "name": "secret-1" }]);
+    create(&client, "sidecarsets", "SidecarSet", None, set).await.expect("create");
+    let mut seen = Vec::new();
+    for i in 1..=15 {
+        if i > 1 {
+            let patch = json!({ "spec": { "imagePullSecrets": [{ "name": format!("secret-{i}") }] } });
+            sets.patch("history", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                .await
+                .expect("edit");
+        }
+        // One edit at a time: wait for its revision before the next.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = latest().await;
+            if !now.is_empty() && !seen.contains(&now) {
+                seen.push(now);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "edit {i} got no new revision");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let numbers = || async {
+        let list = revisions
+            .list(&ListParams::default().labels("kruise.io/sidecarset-name=history"))
+            .await
+            .expect("list revisions");
+        let mut n: Vec<i64> = list.items.iter().map(|r| r.revision).collect();
+        n.sort();
+        n
+    };
+    eventually(Duration::from_secs(20), "10 revisions kept, numbered 6..15", || async {
+        numbers().await == (6..=15).collect::<Vec<_>>()
+    })
+    .await;
+
+    // Back to secret-12: no new revision; revision 12 becomes 16.
+    let patch = json!({ "spec": { "imagePullSecrets": [{ "name": "secret-12" }] } });
+    sets.patch("history", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.expect("edit");
+    eventually(Duration::from_secs(20), "the old revision renumbered 16", || async {
+        numbers().await == [6, 7, 8, 9, 10, 11, 13, 14, 15, 16]
+    })
+    .await;
+    assert_eq!(latest().await, seen[11], "status names the revision of secret-12 again");
 }
