@@ -92,14 +92,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 async fn webhook_port(log: &std::path::Path) -> anyhow::Result<u16> {
     for _ in 0..120 {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let port = text
-            .lines()
-            .find(|l| l.contains("serving webhooks (HTTPS)"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok());
-        if let Some(p) = port {
+        if let Some(p) = crate::cluster::process::logged_webhook_port(&text) {
             return Ok(p);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -188,3 +188,14 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The port a kruise-manager logged for its webhook server (`serving webhooks (HTTPS) addr=…`),
+/// for tests and benchmarks that start it with `--webhook-port=0`.
+pub fn logged_webhook_port(log: &str) -> Option<u16> {
+    log.lines()
+        .find(|l| l.contains("serving webhooks (HTTPS)"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+}

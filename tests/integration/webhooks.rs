@@ -77,13 +77,7 @@ async fn webhook_port(m: &ManagerProcess) -> u16 {
     let mut port = 0;
     eventually(Duration::from_secs(30), "the manager to log its webhook port", || {
         let log = std::fs::read_to_string(&m.process.log).unwrap_or_default();
-        let found = log
-            .lines()
-            .find(|l| l.contains("serving webhooks (HTTPS)"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok());
+        let found = crate::support::cluster::process::logged_webhook_port(&log);
         if let Some(p) = found {
             port = p;
         }
