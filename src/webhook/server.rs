@@ -159,7 +159,7 @@ fn answer(state: &WebhookState, path: &str, started: Instant, response: Admissio
     (StatusCode::OK, Json(response.into_review()))
 }
 
-fn request_of(review: AdmissionReview<DynamicObject>) -> Result<AdmissionRequest<DynamicObject>, String> {
+fn request_of<K: kube::Resource>(review: AdmissionReview<K>) -> Result<AdmissionRequest<K>, String> {
     review
         .try_into()
         .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| format!("not an admission request: {e}"))
@@ -198,8 +198,8 @@ async fn mutate(state: Arc<WebhookState>, path: String, Json(review): Review) ->
     answer(&state, &path, started, resp)
 }
 
-/// Sidecar injection into pods being created.
-async fn mutate_pod(state: Arc<WebhookState>, Json(review): Review) -> (StatusCode, Review) {
+/// Sidecar injection into pods being created. The review is decoded straight into a Pod.
+async fn mutate_pod(state: Arc<WebhookState>, Json(review): Json<AdmissionReview<Pod>>) -> (StatusCode, Review) {
     let started = Instant::now();
     let path = MUTATE_POD_PATH;
     let req = match request_of(review) {
@@ -209,32 +209,27 @@ async fn mutate_pod(state: Arc<WebhookState>, Json(review): Review) -> (StatusCo
     let resp = AdmissionResponse::from(&req);
     let is_pod_create =
         req.operation == Operation::Create && req.resource.resource == "pods" && req.sub_resource.is_none();
-    let Some(object) = object_json(&req.object).filter(|_| is_pod_create) else {
+    let Some(pod) = req.object.as_ref().filter(|_| is_pod_create) else {
         return answer(&state, path, started, resp);
     };
     let _span = info_span!("mutate_pod", name = %req.name, namespace = ?req.namespace).entered();
-    let pod: Pod = match serde_json::from_value(object.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            return answer(&state, path, started, deny(resp, 400, "BadRequest", format!("decoding the pod: {e}")));
-        }
-    };
     let namespace = pod.metadata.namespace.clone().or(req.namespace.clone()).unwrap_or_default();
     let sets = state.sidecarsets.state();
     // Revisions are only read when a selecting set pins one.
     let pins = sets.iter().any(|s| {
-        injection::selects(s, &pod, &namespace)
+        injection::selects(s, pod, &namespace)
             && s.spec.injection_strategy.as_ref().and_then(|i| i.revision.as_ref()).is_some()
     });
     let revisions: Vec<ControllerRevision> =
         if pins { state.revisions.state().iter().map(|r| (**r).clone()).collect() } else { Vec::new() };
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let resp = match injection::inject(&pod, &namespace, &sets, &revisions, &now) {
+    let resp = match injection::inject(pod, &namespace, &sets, &revisions, &now) {
         Ok(None) => resp,
         Ok(Some(injected)) => {
-            let patch = serde_json::to_value(&injected)
+            let patch = serde_json::to_value(pod)
+                .and_then(|before| Ok((before, serde_json::to_value(&injected)?)))
                 .map_err(|e| e.to_string())
-                .and_then(|after| admission::patch_between(&object, &after).map_err(|e| e.to_string()));
+                .and_then(|(before, after)| admission::patch_between(&before, &after).map_err(|e| e.to_string()));
             match patch.map(|p| resp.clone().with_patch(p)) {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => deny(resp, 500, "InternalError", e.to_string()),

@@ -380,7 +380,12 @@ async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
         .create(&PostParams::default(), &revision)
         .await
         .expect("create revision");
-    let pin = json!({ "spec": { "injectionStrategy": { "revision": { "customVersion": "v1" } } } });
+    // The v1.3 gray-release example: keep 90% of pods at the old version while new pods are
+    // injected with the pinned custom version (moving existing pods is the upgrade controller's).
+    let pin = json!({ "spec": {
+        "updateStrategy": { "partition": "90%" },
+        "injectionStrategy": { "revision": { "customVersion": "v1", "policy": "Always" } }
+    } });
     sets.patch("logtail", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&pin))
         .await
         .expect("the SidecarSet pins custom version v1 (the validating webhook finds the revision)");
