@@ -295,6 +295,17 @@ async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
     let set = create(&client, "sidecarsets", "SidecarSet", None, logtail).await.expect("logtail SidecarSet");
     let set_hash = set.metadata.annotations.as_ref().and_then(|a| a.get("kruise.io/sidecarset-hash")).cloned();
     assert_eq!(set_hash.as_ref().map(String::len), Some(64), "the mutating webhook hashed the set");
+    // Scenario 2: stored with upstream's defaults and both hashes.
+    let without_image =
+        set.metadata.annotations.as_ref().and_then(|a| a.get("kruise.io/sidecarset-hash-without-image"));
+    assert_eq!(without_image.map(String::len), Some(64));
+    assert_eq!(set.data["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(set.data["spec"]["updateStrategy"]["partition"], 0);
+    assert_eq!(set.data["spec"]["revisionHistoryLimit"], 10);
+    let c = &set.data["spec"]["containers"][0];
+    assert_eq!(c["upgradeStrategy"]["upgradeType"], "ColdUpgrade");
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
 
     // The controller records the set's first revision and names it in the status.
     let sets: Api<DynamicObject> = Api::all_with(client.clone(), &resource("sidecarsets", "SidecarSet"));
