@@ -237,17 +237,18 @@ async fn main() -> anyhow::Result<()> {
         leases_ready: leases_ready.clone(),
         caches_ready,
     });
+    let leadership = Leadership::default();
     let coordinator = CoordinatorArgs {
         store: LeaseStore::new(lease_client, &flags.leader_election_namespace),
         identity: identity.clone(),
         space,
         timings,
         ownership,
-        leadership: Leadership::default(),
+        leadership: leadership.clone(),
         metrics,
         ready: leases_ready,
     };
-    start_webhooks(&flags, client.clone(), &registry, webhook_ready, webhook_caches).await?;
+    start_webhooks(&flags, client.clone(), &registry, webhook_ready, webhook_caches, leadership).await?;
     let args = ManagerArgs { coordinator, writer, hub };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
@@ -291,6 +292,7 @@ async fn start_webhooks(
     registry: &MetricsRegistry,
     ready: kruise::runtime::http::ReadyCondition,
     caches: kruise::runtime::http::ReadyCondition,
+    leadership: Leadership,
 ) -> anyhow::Result<()> {
     use kruise::webhook::{cert_sync, configuration::Endpoint, server, tls};
     let namespace = flags.leader_election_namespace.clone();
@@ -322,6 +324,7 @@ async fn start_webhooks(
         served_paths: server::served_paths(&flags.feature_gates),
         slot,
         ready,
+        leadership,
         period: Duration::from_secs(30),
     }));
     Ok(())

@@ -26,6 +26,7 @@ use super::configuration::{
 };
 use super::tls::CertSlot;
 use crate::runtime::http::ReadyCondition;
+use crate::runtime::ownership::Leadership;
 use crate::runtime::work_queue::Backoff;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,10 @@ pub struct CertSyncArgs {
     pub slot: CertSlot,
     /// Set once a certificate is being served.
     pub ready: ReadyCondition,
+    /// Out of cluster every replica has its own URL, so only the leader points the configurations
+    /// at itself (otherwise replicas would rewrite them back and forth). In cluster all write the
+    /// same Service reference.
+    pub leadership: Leadership,
     pub period: Duration,
 }
 
@@ -91,10 +96,12 @@ pub async fn run(args: CertSyncArgs) {
     let mut failures = 0;
     loop {
         match sync_once(&args).await {
-            Ok(()) => {
+            Ok(synced) => {
                 failures = 0;
+                // Not (yet) the leader: look again soon, leadership may come or go.
+                let wait = if synced == Synced::NotLeader { Duration::from_secs(1) } else { args.period };
                 tokio::select! {
-                    _ = tokio::time::sleep(args.period) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = changed.notified() => {}
                 }
             }
@@ -113,8 +120,17 @@ fn secret_string(s: &Secret, key: &str) -> Option<String> {
     String::from_utf8(bytes.0.clone()).ok().filter(|v| !v.is_empty())
 }
 
+/// How a pass ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Synced {
+    /// Certificate served, configurations current.
+    Done,
+    /// Certificate served; the configurations are the leader's to point (out of cluster).
+    NotLeader,
+}
+
 /// One pass: a valid bundle in the Secret, served here, and the configurations patched.
-pub async fn sync_once(args: &CertSyncArgs) -> Result<(), SyncError> {
+pub async fn sync_once(args: &CertSyncArgs) -> Result<Synced, SyncError> {
     let secrets: Api<Secret> = Api::namespaced(args.client.clone(), &args.namespace);
     let existing = secrets.get_opt(&args.secret_name).await?;
     let stored = existing.as_ref().and_then(|s| CertBundle::from_secret_data(|k| secret_string(s, k)));
@@ -154,6 +170,9 @@ pub async fn sync_once(args: &CertSyncArgs) -> Result<(), SyncError> {
     };
     args.slot.set(bundle.certified_key()?);
     args.ready.set();
+    if matches!(args.endpoint, Endpoint::Url { .. }) && !args.leadership.is_leader() {
+        return Ok(Synced::NotLeader);
+    }
     let served = |p: &str| args.served_paths.iter().any(|s| s == p);
     let ca = bundle.ca_cert.as_bytes();
     patch_configuration::<MutatingWebhookConfiguration, MutatingWebhook>(
@@ -174,7 +193,7 @@ pub async fn sync_once(args: &CertSyncArgs) -> Result<(), SyncError> {
         &served,
     )
     .await?;
-    Ok(())
+    Ok(Synced::Done)
 }
 
 /// Rewrites one configuration from its template (upstream's rule: an empty `template` annotation
