@@ -203,6 +203,15 @@ fn quota(qps: f64, burst: u32) -> Result<Quota, BadRateLimit> {
     Quota::with_period(period).map(|q| q.allow_burst(burst)).ok_or_else(err)
 }
 
+/// Sends one write through the replica's ApiWriter and waits for its outcome.
+pub async fn write(target: WriteTarget, op: WriteOp) -> Result<(), WriteError> {
+    let writer: ActorRef<WriterMsg> =
+        ractor::registry::where_is(super::supervisor::API_WRITER).ok_or(WriteError::Stopped)?.into();
+    let (tx, rx) = ractor::concurrency::oneshot();
+    writer.send_message(WriterMsg::Write { target, op, reply: Some(tx.into()) }).map_err(|_| WriteError::Stopped)?;
+    rx.await.map_err(|_| WriteError::Stopped)?
+}
+
 pub struct ApiWriter;
 
 impl Actor for ApiWriter {

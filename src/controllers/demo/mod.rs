@@ -10,17 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ApiResource;
-use ractor::ActorRef;
-use ractor::concurrency::oneshot;
 use serde_json::{Value, json};
 use tracing::info;
 
-use crate::runtime::api_writer::{WriteError, WriteTarget, WriterMsg};
+use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::supervisor::API_WRITER;
 use crate::runtime::watch_hub::WatchSpec;
 
 pub const CONTROLLER: &str = "demo-controller";
@@ -109,16 +106,9 @@ impl Reconciler for DemoStamper {
             if stamped_by == Some(&identity) {
                 return Ok(Action::Done);
             }
-            let writer: ActorRef<WriterMsg> = ractor::registry::where_is(API_WRITER)
-                .ok_or_else(|| ReconcileError("the ApiWriter is not running".into()))?
-                .into();
-            let (tx, rx) = oneshot();
             let target =
                 WriteTarget { resource, namespace: Some(namespace.clone()), name: name.clone(), status: false };
-            writer
-                .send_message(WriterMsg::Patch { target, patch: stamp(&identity), reply: Some(tx.into()) })
-                .map_err(|e| ReconcileError(e.to_string()))?;
-            let written = rx.await.map_err(|e| ReconcileError(e.to_string()))?;
+            let written = write(target, WriteOp::MergePatch(stamp(&identity))).await;
             let end_us = now_micros();
             info!(target: "kruise::demo", key = %format!("{namespace}/{name}"), %identity, start_us, end_us, "demo reconciled");
             match written {

@@ -10,19 +10,16 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::api::{ApiResource, ListParams};
 use kube::{Api, Client};
-use ractor::ActorRef;
-use ractor::concurrency::oneshot;
 use serde_json::json;
 use tracing::info;
 
 use super::revision::plan_revisions;
 use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
-use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, WriterMsg};
+use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::supervisor::API_WRITER;
 use crate::runtime::watch_hub::WatchSpec;
 
 pub const CONTROLLER: &str = "sidecarset-controller";
@@ -50,14 +47,6 @@ pub struct SidecarSetRevisions {
 
 fn err(e: impl std::fmt::Display) -> ReconcileError {
     ReconcileError(e.to_string())
-}
-
-/// Sends one write and waits for its outcome.
-async fn write(target: WriteTarget, op: WriteOp) -> Result<(), WriteError> {
-    let writer: ActorRef<WriterMsg> = ractor::registry::where_is(API_WRITER).ok_or(WriteError::Stopped)?.into();
-    let (tx, rx) = oneshot();
-    writer.send_message(WriterMsg::Write { target, op, reply: Some(tx.into()) }).map_err(|_| WriteError::Stopped)?;
-    rx.await.map_err(|_| WriteError::Stopped)?
 }
 
 impl Reconciler for SidecarSetRevisions {
