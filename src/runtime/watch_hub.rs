@@ -254,8 +254,8 @@ impl HubState {
 
     /// Takes a watch's update into its store and routes what changed.
     fn absorb(&mut self, watch: usize, update: WatchUpdate<DynamicObject>) {
-        let Some(spec) = self.args.watches.get(watch).cloned() else { return };
-        let store = spec.store;
+        let Some(spec) = self.args.watches.get(watch) else { return };
+        let store = &spec.store;
         match update {
             WatchUpdate::Relisting => {
                 if let Some(seen) = self.seen.get_mut(watch) {
