@@ -258,6 +258,7 @@ pub struct InjectionArgs {
 /// The pod webhook's decision alone, in this process: injection plus the JSON patch, per call.
 /// Separates the handler's own cost from a loaded machine's scheduling noise.
 pub fn injection(args: InjectionArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::ControllerRevision;
     use kruise::api::sidecarset::SidecarSet;
     use kruise::controllers::sidecarset::injection::inject;
     println!("# kruise-loadtest injection: {} in-process injections per row", args.iterations);
@@ -292,7 +293,8 @@ pub fn injection(args: InjectionArgs) -> anyhow::Result<()> {
         let mut micros = Vec::with_capacity(args.iterations);
         for _ in 0..args.iterations {
             let t = Instant::now();
-            if let Some(injected) = inject(&pod, "bench", &sets, &[], "2026-11-30T00:00:00Z")? {
+            if let Some(injected) = inject(&pod, "bench", &sets, &[] as &[ControllerRevision], "2026-11-30T00:00:00Z")?
+            {
                 let after = serde_json::to_value(&injected)?;
                 let patch = kruise::webhook::admission::patch_between(&pod_json, &after)?;
                 std::hint::black_box(serde_json::to_vec(&patch)?);

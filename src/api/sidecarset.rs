@@ -24,9 +24,10 @@ impl SidecarSet {
     /// `injectionStrategy.revision` pins one: by `revisionName` (which must belong to this set),
     /// else the highest-numbered revision labelled with `customVersion`. `Ok(None)`: nothing is
     /// pinned. `Err`: a revision is pinned but not among `revisions` (the Kruise namespace's).
-    pub fn pinned_revision<'a>(
+    /// `revisions` may be owned or shared (`Arc`, as a watch's store hands them out).
+    pub fn pinned_revision<'a, R: std::borrow::Borrow<k8s_openapi::api::apps::v1::ControllerRevision>>(
         &self,
-        revisions: &'a [k8s_openapi::api::apps::v1::ControllerRevision],
+        revisions: &'a [R],
     ) -> Result<Option<&'a k8s_openapi::api::apps::v1::ControllerRevision>, String> {
         let Some(rev) = self.spec.injection_strategy.as_ref().and_then(|i| i.revision.as_ref()) else {
             return Ok(None);
@@ -41,6 +42,7 @@ impl SidecarSet {
         if let Some(wanted) = rev.revision_name.as_deref().filter(|n| !n.is_empty()) {
             return revisions
                 .iter()
+                .map(std::borrow::Borrow::borrow)
                 .filter(ours)
                 .find(|r| r.metadata.name.as_deref() == Some(wanted))
                 .map(Some)
@@ -49,6 +51,7 @@ impl SidecarSet {
         if let Some(version) = rev.custom_version.as_deref().filter(|v| !v.is_empty()) {
             return revisions
                 .iter()
+                .map(std::borrow::Borrow::borrow)
                 .filter(ours)
                 .filter(|r| label(r, SIDECARSET_CUSTOM_VERSION_LABEL).as_deref() == Some(version))
                 .max_by_key(|r| r.revision)

@@ -215,13 +215,7 @@ async fn mutate_pod(state: Arc<WebhookState>, Json(review): Json<AdmissionReview
     let _span = info_span!("mutate_pod", name = %req.name, namespace = ?req.namespace).entered();
     let namespace = pod.metadata.namespace.clone().or(req.namespace.clone()).unwrap_or_default();
     let sets = state.sidecarsets.state();
-    // Revisions are only read when a selecting set pins one.
-    let pins = sets.iter().any(|s| {
-        injection::selects(s, pod, &namespace)
-            && s.spec.injection_strategy.as_ref().and_then(|i| i.revision.as_ref()).is_some()
-    });
-    let revisions: Vec<ControllerRevision> =
-        if pins { state.revisions.state().iter().map(|r| (**r).clone()).collect() } else { Vec::new() };
+    let revisions = state.revisions.state();
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let resp = match injection::inject(pod, &namespace, &sets, &revisions, &now) {
         Ok(None) => resp,

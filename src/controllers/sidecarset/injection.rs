@@ -82,7 +82,10 @@ struct Chosen<'a> {
 }
 
 /// The set as of its pinned revision (if any), with that revision's hashes.
-fn choose_version<'a>(set: &'a SidecarSet, revisions: &[ControllerRevision]) -> Result<Chosen<'a>, InjectionError> {
+fn choose_version<'a, R: Borrow<ControllerRevision>>(
+    set: &'a SidecarSet,
+    revisions: &[R],
+) -> Result<Chosen<'a>, InjectionError> {
     let name = set.metadata.name.clone().unwrap_or_default();
     let err = |reason: String| InjectionError::Revision { set: name.clone(), reason };
     let annotation = |o: &Option<BTreeMap<String, String>>, k: &str| o.as_ref().and_then(|a| a.get(k)).cloned();
@@ -279,11 +282,11 @@ fn volumes_for(set: &SidecarSet, containers: &[Container]) -> Vec<Volume> {
 
 /// The pod with every selecting SidecarSet injected, or `None` when no set selects it.
 /// `sets` may be in any order (they are applied by name); `revisions` are the Kruise namespace's.
-pub fn inject<S: Borrow<SidecarSet>>(
+pub fn inject<S: Borrow<SidecarSet>, R: Borrow<ControllerRevision>>(
     pod: &Pod,
     namespace: &str,
     sets: &[S],
-    revisions: &[ControllerRevision],
+    revisions: &[R],
     now: &str,
 ) -> Result<Option<Pod>, InjectionError> {
     let mut matching: Vec<&SidecarSet> =
@@ -418,6 +421,7 @@ mod tests {
     }
 
     const NOW: &str = "2026-11-30T00:00:00Z";
+    const NO_REVISIONS: &[ControllerRevision] = &[];
 
     fn logtail() -> SidecarSet {
         set(json!({
@@ -450,7 +454,7 @@ mod tests {
 
     #[test]
     fn logtail_is_injected_as_upstream_does() {
-        let out = inject(&nginx_pod(), "default", &[logtail()], &[], NOW).unwrap().expect("injected");
+        let out = inject(&nginx_pod(), "default", &[logtail()], NO_REVISIONS, NOW).unwrap().expect("injected");
         let spec = out.spec.as_ref().unwrap();
         assert_eq!(names(&spec.containers), ["logtail", "nginx"]);
         assert_eq!(env_of(&spec.containers[0]), [("IS_INJECTED", "true"), ("TZ", "Asia/Shanghai")]);
@@ -473,14 +477,14 @@ mod tests {
     fn unmatched_paused_and_other_namespace_sets_inject_nothing() {
         let mut other = logtail();
         other.spec.selector = serde_json::from_value(json!({ "matchLabels": { "app": "nomatched" } })).unwrap();
-        assert_eq!(inject(&nginx_pod(), "default", &[other], &[], NOW).unwrap(), None);
+        assert_eq!(inject(&nginx_pod(), "default", &[other], NO_REVISIONS, NOW).unwrap(), None);
         let mut paused = logtail();
         paused.spec.injection_strategy = serde_json::from_value(json!({ "paused": true })).unwrap();
-        assert_eq!(inject(&nginx_pod(), "default", &[paused], &[], NOW).unwrap(), None);
+        assert_eq!(inject(&nginx_pod(), "default", &[paused], NO_REVISIONS, NOW).unwrap(), None);
         let mut scoped = logtail();
         scoped.spec.namespace = Some("test-ns".into());
-        assert_eq!(inject(&nginx_pod(), "default", &[scoped.clone()], &[], NOW).unwrap(), None);
-        assert!(inject(&nginx_pod(), "test-ns", &[scoped], &[], NOW).unwrap().is_some());
+        assert_eq!(inject(&nginx_pod(), "default", &[scoped.clone()], NO_REVISIONS, NOW).unwrap(), None);
+        assert!(inject(&nginx_pod(), "test-ns", &[scoped], NO_REVISIONS, NOW).unwrap().is_some());
     }
 
     #[test]
@@ -499,7 +503,7 @@ mod tests {
         let mut p = nginx_pod();
         p.spec.as_mut().unwrap().init_containers =
             Some(vec![Container { name: "init-0".into(), ..Default::default() }]);
-        let out = inject(&p, "default", &[s], &[], NOW).unwrap().unwrap();
+        let out = inject(&p, "default", &[s], NO_REVISIONS, NOW).unwrap().unwrap();
         let spec = out.spec.unwrap();
         let inits = spec.init_containers.unwrap();
         assert_eq!(names(&inits), ["init-0", "init-1", "init-2"]);
@@ -521,7 +525,7 @@ mod tests {
             "metadata": { "name": "p", "labels": { "app": "nginx" } },
             "spec": { "containers": [{ "name": "nginx" }], "volumes": [{ "name": "volume-a", "emptyDir": {} }, { "name": "volume-b", "emptyDir": {} }] }
         }));
-        let out = inject(&p, "default", &[s], &[], NOW).unwrap().unwrap();
+        let out = inject(&p, "default", &[s], NO_REVISIONS, NOW).unwrap().unwrap();
         let vols: Vec<String> = out.spec.unwrap().volumes.unwrap().into_iter().map(|v| v.name).collect();
         assert_eq!(vols, ["volume-a", "volume-b", "volume-1"]);
     }
@@ -551,7 +555,7 @@ mod tests {
                 ]
             }] }
         }));
-        let out = inject(&p, "default", &[s], &[], NOW).unwrap().unwrap();
+        let out = inject(&p, "default", &[s], NO_REVISIONS, NOW).unwrap().unwrap();
         let c = &out.spec.unwrap().containers[0];
         assert_eq!(c.volume_mounts.as_ref().unwrap().len(), 6);
         assert_eq!(env_of(c), [("IS_INJECTED", "true"), ("POD_NAME", "bar"), ("OD_NAME", "od")]);
@@ -579,7 +583,7 @@ mod tests {
                 { "name": "POD_NAME", "value": "bar" }, { "name": "OD_NAME", "value": "od_name" }, { "name": "PROXY_IP", "value": "127.0.0.1" }
             ] }] }
         }));
-        let out = inject(&p, "default", &[s], &[], NOW).unwrap().unwrap();
+        let out = inject(&p, "default", &[s], NO_REVISIONS, NOW).unwrap().unwrap();
         let c = &out.spec.unwrap().containers[0];
         let env: BTreeMap<&str, &str> = env_of(c).into_iter().collect();
         assert_eq!(env["POD_NAME"], "bar");
@@ -605,7 +609,7 @@ mod tests {
                 p.spec.as_mut().unwrap().image_pull_secrets =
                     Some(secrets.iter().map(|n| LocalObjectReference { name: n.to_string() }).collect());
             }
-            let out = inject(&p, "default", std::slice::from_ref(&s), &[], NOW).unwrap().unwrap();
+            let out = inject(&p, "default", std::slice::from_ref(&s), NO_REVISIONS, NOW).unwrap().unwrap();
             out.spec.unwrap().image_pull_secrets.unwrap().into_iter().map(|r| r.name).collect::<Vec<_>>()
         };
         assert_eq!(with(&["s2", "s3", "s3"]), ["s2", "s3", "s0", "s1"]);
@@ -622,8 +626,9 @@ mod tests {
         let mut p = nginx_pod();
         p.metadata.annotations =
             Some(BTreeMap::from([(SIDECARSET_HASH.into(), r#"{"sidecarset-test":"abc"}"#.into())]));
-        let out =
-            inject(&p, "default", &[mk("sidecarset3", "c3"), mk("sidecarset1", "c1")], &[], NOW).unwrap().unwrap();
+        let out = inject(&p, "default", &[mk("sidecarset3", "c3"), mk("sidecarset1", "c1")], NO_REVISIONS, NOW)
+            .unwrap()
+            .unwrap();
         let a = out.metadata.annotations.unwrap();
         assert_eq!(a[INJECTED_LIST], "sidecarset1,sidecarset3");
         let hashes: BTreeMap<String, SidecarSetUpgradeSpec> = serde_json::from_str(&a[SIDECARSET_HASH]).unwrap();
@@ -632,7 +637,7 @@ mod tests {
         let mut bad = nginx_pod();
         bad.metadata.annotations = Some(BTreeMap::from([(SIDECARSET_HASH.into(), "{not json".into())]));
         assert!(matches!(
-            inject(&bad, "default", &[mk("s", "c")], &[], NOW),
+            inject(&bad, "default", &[mk("s", "c")], NO_REVISIONS, NOW),
             Err(InjectionError::BadHashAnnotation { .. })
         ));
     }
@@ -652,7 +657,7 @@ mod tests {
             ]),
         );
         let b = mk("b", json!([{ "annotations": { "key1": "{\"envoy\":2}" }, "patchPolicy": "MergePatchJson" }]));
-        let out = inject(&nginx_pod(), "default", &[b, a], &[], NOW).unwrap().unwrap();
+        let out = inject(&nginx_pod(), "default", &[b, a], NO_REVISIONS, NOW).unwrap().unwrap();
         let ann = out.metadata.annotations.unwrap();
         assert_eq!(ann["key1"], r#"{"envoy":2,"log-agent":1}"#);
         assert_eq!(ann["key"], "envoy=1,log=2");
@@ -662,7 +667,7 @@ mod tests {
         let retain = mk("r", json!([{ "annotations": { "k": "side" }, "patchPolicy": "Retain" }]));
         let overwrite = mk("o", json!([{ "annotations": { "k": "side" }, "patchPolicy": "Overwrite" }]));
         let got = |s: SidecarSet| {
-            inject(&p, "default", &[s], &[], NOW).unwrap().unwrap().metadata.annotations.unwrap()["k"].clone()
+            inject(&p, "default", &[s], NO_REVISIONS, NOW).unwrap().unwrap().metadata.annotations.unwrap()["k"].clone()
         };
         assert_eq!(got(retain), "user");
         assert_eq!(got(overwrite), "side");
@@ -695,7 +700,10 @@ mod tests {
         assert_eq!(hashes["logtail-sidecarset"].hash, "old-hash");
         assert_eq!(hashes["logtail-sidecarset"].controller_revision, "logtail-sidecarset-old");
         // A pinned revision that does not exist fails the pod, rather than injecting something else.
-        assert!(matches!(inject(&nginx_pod(), "default", &[s], &[], NOW), Err(InjectionError::Revision { .. })));
+        assert!(matches!(
+            inject(&nginx_pod(), "default", &[s], NO_REVISIONS, NOW),
+            Err(InjectionError::Revision { .. })
+        ));
     }
 
     #[test]
@@ -711,8 +719,8 @@ mod tests {
             }
         }));
         let sets = [s, logtail()];
-        let once = inject(&nginx_pod(), "default", &sets, &[], NOW).unwrap().unwrap();
-        let twice = inject(&once, "default", &sets, &[], NOW).unwrap().unwrap();
+        let once = inject(&nginx_pod(), "default", &sets, NO_REVISIONS, NOW).unwrap().unwrap();
+        let twice = inject(&once, "default", &sets, NO_REVISIONS, NOW).unwrap().unwrap();
         assert_eq!(twice, once);
     }
 }
