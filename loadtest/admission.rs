@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
 use serde_json::json;
@@ -119,10 +119,7 @@ fn pod(name: &str) -> Pod {
 }
 
 pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
-    let manager = match &args.manager_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("kruise-manager"),
-    };
+    let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     println!("# kruise-loadtest admission: {} pods per configuration at {}/s", args.pods, args.rate);
     println!("machine: {}; manager: {}", machine(), manager.display());
     let cp = ControlPlane::start(ControlPlaneConfig {
@@ -136,14 +133,7 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
     .await
     .context("starting the control plane")?;
     let client = cp.admin_client().await?;
-    for crd in kruise::api::crds() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(
-            client.clone(),
-        )
-        .patch(&name, &PatchParams::apply("kruise-loadtest").force(), &Patch::Apply(&crd))
-        .await?;
-    }
+    crate::cluster::control_plane::install_crds(&client, "kruise-loadtest").await?;
     let ns = |name: &str| Namespace {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         ..Default::default()

@@ -143,9 +143,10 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
 }
 
-async fn shards(args: ShardsArgs) -> anyhow::Result<()> {
-    let manager = match &args.manager_bin {
-        Some(p) => p.clone(),
+/// The kruise-manager to run: `--manager-bin`, else the one next to this binary.
+fn manager_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let manager = match flag {
+        Some(p) => p.to_path_buf(),
         None => std::env::current_exe()?.with_file_name("kruise-manager"),
     };
     if !manager.exists() {
@@ -154,6 +155,11 @@ async fn shards(args: ShardsArgs) -> anyhow::Result<()> {
             manager.display()
         );
     }
+    Ok(manager)
+}
+
+async fn shards(args: ShardsArgs) -> anyhow::Result<()> {
+    let manager = manager_binary(args.manager_bin.as_deref())?;
     println!("# kruise-loadtest shards: {} objects in {} namespaces", args.objects, args.namespaces);
     println!("machine: {}; manager: {}", machine(), manager.display());
     let mut results = Vec::new();

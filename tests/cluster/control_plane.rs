@@ -521,3 +521,34 @@ fn fresh_dir(name: &str) -> PathBuf {
 fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
+
+/// Installs every kruise CRD (server-side apply as `field_manager`, so repeated and parallel calls
+/// are fine) and waits up to 30 s until each is Established.
+pub async fn install_crds(client: &Client, field_manager: &str) -> Result<(), ClusterError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crds = kruise::api::crds();
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(field_manager).force(), &Patch::Apply(crd)).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut established = true;
+        for crd in &crds {
+            let current = api.get(crd.metadata.name.as_deref().unwrap_or_default()).await?;
+            established &= current
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        }
+        if established {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout { what: "every CRD to be Established".into(), secs: 30 });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

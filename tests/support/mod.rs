@@ -226,31 +226,9 @@ impl ManagerProcess {
     }
 }
 
-/// Installs every kruise CRD (server-side apply, so repeated calls and parallel tests are fine)
-/// and waits until each is Established.
+/// Installs every kruise CRD and waits until each is Established (see `cluster::install_crds`).
 pub async fn install_crds(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Patch, PatchParams};
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let names: Vec<String> =
-        kruise::api::crds().into_iter().map(|crd| crd.metadata.name.clone().expect("CRDs are named")).collect();
-    for crd in kruise::api::crds() {
-        let name = crd.metadata.name.clone().expect("CRDs are named");
-        api.patch(&name, &PatchParams::apply("kruise-tests").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
-    }
-    eventually(Duration::from_secs(30), "every CRD to be Established", || async {
-        let mut all = true;
-        for name in &names {
-            let crd = api.get(name).await.expect("get CRD");
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-            all &= established;
-        }
-        all
-    })
-    .await;
+    cluster::control_plane::install_crds(client, "kruise-tests").await.expect("install the CRDs");
 }
 
 /// Creates ConfigMap `name` in `namespace` labelled `label=value`.
