@@ -566,6 +566,23 @@ fn container_names(p: &Pod) -> Vec<String> {
     p.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.clone())).collect()
 }
 
+/// For a set `scenario` that must not inject: adds a sibling set selecting the same pods, creates
+/// pods until the sibling injects one (the webhook's cache then holds both sets, so `scenario`'s
+/// absence means something) and checks only the sibling did.
+async fn only_the_sibling_injects(client: &Client, scenario: &str, why: &str) -> Pod {
+    let sibling = format!("{scenario}-sibling");
+    let container = json!({ "name": sibling, "image": "busybox:1.36" });
+    scenario_set(
+        client,
+        &sibling,
+        json!({ "selector": { "matchLabels": { "scenario": scenario } }, "containers": [container] }),
+    )
+    .await;
+    let p = first_pod_where(client, scenario, |n| scenario_pod(scenario, n, json!({}), json!({})), injected).await;
+    assert_eq!(annotation(&p, "kruise.io/sidecarset-injected-list"), Some(sibling.as_str()), "{why}");
+    p
+}
+
 #[tokio::test]
 async fn the_spec_injection_scenarios_through_the_api_server() {
     let (_cp, client, _manager) = webhook_cluster("scenarios").await;
@@ -669,23 +686,9 @@ async fn the_spec_injection_scenarios_through_the_api_server() {
         p.spec.as_ref().unwrap().image_pull_secrets.iter().flatten().map(|s| s.name.as_str()).collect();
     assert_eq!(secrets, ["s2", "s3", "s0", "s1"]);
 
-    // 11. namespace: only pods of that namespace. A sibling set selecting the same pods shows the
-    // webhook's cache already holds both when the pod is created.
+    // 11. namespace: only pods of that namespace.
     scenario_set(&client, "scoped", json!({ "namespace": "kube-public", "containers": [busybox("scoped")] })).await;
-    scenario_set(
-        &client,
-        "scoped-sibling",
-        json!({
-            "selector": { "matchLabels": { "scenario": "scoped" } }, "containers": [busybox("scoped-sibling")]
-        }),
-    )
-    .await;
-    let p = first_pod_where(&client, "scoped", |n| scenario_pod("scoped", n, json!({}), json!({})), injected).await;
-    assert_eq!(
-        annotation(&p, "kruise.io/sidecarset-injected-list"),
-        Some("scoped-sibling"),
-        "not injected outside spec.namespace"
-    );
+    only_the_sibling_injects(&client, "scoped", "not injected outside spec.namespace").await;
 
     // 12. Two sets on one pod, a legacy hash entry kept.
     scenario_set(
@@ -719,21 +722,6 @@ async fn the_spec_injection_scenarios_through_the_api_server() {
         json!({ "injectionStrategy": { "paused": true }, "containers": [busybox("paused")] }),
     )
     .await;
-    // The set is in the webhook's cache once a pod of another scenario sees it... use a sibling
-    // set selecting the same pods but not paused, so injection shows the cache has both.
-    scenario_set(
-        &client,
-        "paused-sibling",
-        json!({
-            "selector": { "matchLabels": { "scenario": "paused" } }, "containers": [busybox("sibling")]
-        }),
-    )
-    .await;
-    let p = first_pod_where(&client, "paused", |n| scenario_pod("paused", n, json!({}), json!({})), injected).await;
-    assert_eq!(
-        annotation(&p, "kruise.io/sidecarset-injected-list"),
-        Some("paused-sibling"),
-        "the paused set injects nothing"
-    );
+    let p = only_the_sibling_injects(&client, "paused", "the paused set injects nothing").await;
     assert!(!container_names(&p).contains(&"paused".to_string()));
 }
