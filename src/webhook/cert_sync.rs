@@ -216,7 +216,7 @@ where
     W: Clone + DeserializeOwned + Serialize + PartialEq,
 {
     let api: Api<C> = Api::all(args.client.clone());
-    let Some(current) = api.get_opt(name).await? else {
+    let Some(mut current) = api.get_opt(name).await? else {
         warn!(configuration = name, "webhook configuration not installed; nothing routes to the webhooks");
         return Ok(());
     };
@@ -240,8 +240,8 @@ where
         })
         .collect();
     *webhooks(&mut next) = Some(rewritten);
-    let changed = webhooks(&mut next.clone()) != webhooks(&mut current.clone())
-        || next.meta().annotations != current.meta().annotations;
+    let changed =
+        webhooks(&mut next) != webhooks(&mut current) || next.meta().annotations != current.meta().annotations;
     if changed {
         api.replace(name, &PostParams::default(), &next).await?;
         info!(configuration = name, "webhook configuration updated");
