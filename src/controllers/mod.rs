@@ -2,3 +2,4 @@
 
 pub mod demo;
 pub mod sidecarset;
+pub mod update_sort;

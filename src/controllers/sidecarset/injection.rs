@@ -46,7 +46,7 @@ pub struct SidecarSetUpgradeSpec {
 }
 
 /// A hash annotation: entries by set name; legacy plain-hash values are read as entries.
-fn read_hash_annotation(
+pub(crate) fn read_hash_annotation(
     pod: &Pod,
     annotation: &'static str,
 ) -> Result<BTreeMap<String, SidecarSetUpgradeSpec>, InjectionError> {
@@ -148,7 +148,7 @@ pub fn selects(set: &SidecarSet, pod: &Pod, namespace: &str) -> bool {
 }
 
 /// Applies one patchPodMetadata entry to the pod's annotations.
-fn patch_annotations(
+pub(crate) fn patch_annotations(
     annotations: &mut BTreeMap<String, String>,
     set: &str,
     patch: &SidecarSetPatchPodMetadata,

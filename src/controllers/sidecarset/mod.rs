@@ -4,4 +4,7 @@
 pub mod controller;
 pub mod hash;
 pub mod injection;
+pub mod planner;
+pub mod pod_state;
 pub mod revision;
+pub mod upgrade;
