@@ -1,6 +1,7 @@
 //! SidecarSet: sidecar injection into new pods (through the pod mutating webhook) and, in later
 //! work, the controller that upgrades injected pods in place. The decisions are pure functions.
 
+pub mod budget;
 pub mod controller;
 pub mod hash;
 pub mod injection;
