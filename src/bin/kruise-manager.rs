@@ -195,18 +195,37 @@ async fn main() -> anyhow::Result<()> {
         };
         reconcilers.insert(demo.name(), Arc::new(demo));
     }
+    // Every SidecarSet and their revisions, watched whole by every replica: the pod webhook and
+    // the rollouts read them.
+    let (all_sidecarsets, sidecarset_revisions) =
+        kruise::webhook::server::watch_stores(&client, &flags.leader_election_namespace, webhook_caches);
     if serves(&client, "apps.kruise.io/v1alpha1", "sidecarsets").await {
-        use kruise::controllers::sidecarset::controller;
+        use kruise::controllers::sidecarset::{controller, rollout};
         let store = ObjectStore::default();
         watches.push(controller::watch_spec(store.clone()));
+        let pods = ObjectStore::default();
+        watches.push(rollout::pods_watch_spec(pods.clone()));
+        let rollout_ctx = rollout::RolloutContext::new(
+            client.clone(),
+            flags.leader_election_namespace.clone(),
+            space,
+            ownership.clone(),
+            pods,
+            all_sidecarsets.clone(),
+            rollout::watch_rollout_configmaps(&client, &flags.leader_election_namespace),
+        );
         let revisions = controller::SidecarSetRevisions {
             client: client.clone(),
+            rollout: rollout_ctx.clone(),
             namespace: flags.leader_election_namespace.clone(),
             store,
             space,
             ownership: ownership.clone(),
         };
         reconcilers.insert(revisions.name(), Arc::new(revisions));
+        let pods_reconciler = rollout::SidecarSetRollout(rollout_ctx.clone());
+        reconcilers.insert(pods_reconciler.name(), Arc::new(pods_reconciler));
+        tokio::spawn(rollout::run_sync(rollout_ctx, controller::CONTROLLER, Duration::from_millis(200)));
     } else {
         tracing::info!("the SidecarSet CRD is not served: its controller is not started");
     }
@@ -248,7 +267,15 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         ready: leases_ready,
     };
-    start_webhooks(&flags, client.clone(), &registry, webhook_ready, webhook_caches, leadership).await?;
+    start_webhooks(
+        &flags,
+        client.clone(),
+        &registry,
+        webhook_ready,
+        (all_sidecarsets, sidecarset_revisions),
+        leadership,
+    )
+    .await?;
     let args = ManagerArgs { coordinator, writer, hub };
     let (supervisor, handle) = Actor::spawn(Some("manager-supervisor".into()), ManagerSupervisor, args)
         .await
@@ -291,13 +318,15 @@ async fn start_webhooks(
     client: kube::Client,
     registry: &MetricsRegistry,
     ready: kruise::runtime::http::ReadyCondition,
-    caches: kruise::runtime::http::ReadyCondition,
+    (sidecarsets, revisions): (
+        kube::runtime::reflector::Store<kruise::api::sidecarset::SidecarSet>,
+        kube::runtime::reflector::Store<k8s_openapi::api::apps::v1::ControllerRevision>,
+    ),
     leadership: Leadership,
 ) -> anyhow::Result<()> {
     use kruise::webhook::{cert_sync, configuration::Endpoint, server, tls};
     let namespace = flags.leader_election_namespace.clone();
     let slot = tls::CertSlot::default();
-    let (sidecarsets, revisions) = server::watch_stores(&client, &namespace, caches);
     let state = server::WebhookState {
         sidecarsets,
         revisions,

@@ -89,6 +89,11 @@ impl ObjectStore {
         self.read().iter().filter(|((ns, _), _)| ns == namespace).map(|(_, o)| o.clone()).collect()
     }
 
+    /// The namespaces with objects here, each once.
+    pub fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.read().keys().map(|(ns, _)| ns.clone()).collect()
+    }
+
     /// Keeps `o`. False when the store already had this version: a replayed event, nothing to do.
     pub fn apply(&self, o: DynamicObject) -> bool {
         let key = key_of(&o);

@@ -12,23 +12,46 @@ use super::shard::ShardId;
 /// actor writing past the point where another replica may take the lease.
 #[derive(Clone, Default)]
 pub struct ShardOwnership {
-    inner: Arc<RwLock<BTreeMap<ShardId, Instant>>>,
+    inner: Arc<RwLock<BTreeMap<ShardId, Held>>>,
 }
+
+#[derive(Clone, Copy)]
+struct Held {
+    until: Instant,
+    /// Which acquisition this is: state kept for a shard (e.g. a rollout's accounting) belongs to
+    /// one acquisition and is rebuilt from the API server after the shard was lost and regained.
+    epoch: u64,
+}
+
+/// Acquisitions, numbered across all shards.
+static NEXT_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl ShardOwnership {
     pub fn holds(&self, shard: ShardId) -> bool {
-        self.read().get(&shard).is_some_and(|until| *until > Instant::now())
+        self.epoch(shard).is_some()
+    }
+
+    /// The acquisition `shard` is held under, if it is held now.
+    pub fn epoch(&self, shard: ShardId) -> Option<u64> {
+        self.read().get(&shard).filter(|h| h.until > Instant::now()).map(|h| h.epoch)
     }
 
     /// Shards held now, in order.
     pub fn held(&self) -> Vec<ShardId> {
         let now = Instant::now();
-        self.read().iter().filter(|(_, until)| **until > now).map(|(s, _)| *s).collect()
+        self.read().iter().filter(|(_, h)| h.until > now).map(|(s, _)| *s).collect()
     }
 
-    /// Records `shard` as held until `until` (the coordinator does this on each renewal).
+    /// Records `shard` as held until `until` (the coordinator does this on each renewal). A
+    /// renewal keeps the acquisition's epoch; a shard not held (or lapsed) gets a new one.
     pub fn grant(&self, shard: ShardId, until: Instant) {
-        self.write().insert(shard, until);
+        let now = Instant::now();
+        let mut map = self.write();
+        let epoch = match map.get(&shard) {
+            Some(h) if h.until > now => h.epoch,
+            _ => NEXT_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        map.insert(shard, Held { until, epoch });
     }
 
     /// Removes `shard`; true if it was recorded (held or lapsed).
@@ -39,19 +62,19 @@ impl ShardOwnership {
     /// Removes and returns shards whose deadline has passed.
     pub(crate) fn take_lapsed(&self, now: Instant) -> Vec<ShardId> {
         let mut map = self.write();
-        let lapsed: Vec<ShardId> = map.iter().filter(|(_, until)| **until <= now).map(|(s, _)| *s).collect();
+        let lapsed: Vec<ShardId> = map.iter().filter(|(_, h)| h.until <= now).map(|(s, _)| *s).collect();
         for s in &lapsed {
             map.remove(s);
         }
         lapsed
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ShardId, Instant>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ShardId, Held>> {
         // The map stays consistent even if a holder of the lock panicked.
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ShardId, Instant>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ShardId, Held>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -99,11 +122,17 @@ mod tests {
         o.grant(ShardId(1), Instant::now() + Duration::from_secs(10));
         o.grant(ShardId(2), Instant::now() + Duration::from_secs(20));
         assert!(o.holds(ShardId(1)));
+        let first = o.epoch(ShardId(1));
+        o.grant(ShardId(1), Instant::now() + Duration::from_secs(10));
+        assert_eq!(o.epoch(ShardId(1)), first, "a renewal is the same acquisition");
+        assert_ne!(o.epoch(ShardId(2)), first);
         assert_eq!(o.held(), vec![ShardId(1), ShardId(2)]);
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!o.holds(ShardId(1)), "fenced at the deadline even before anyone cleans up");
         assert_eq!(o.held(), vec![ShardId(2)]);
         assert_eq!(o.take_lapsed(Instant::now()), vec![ShardId(1)]);
+        o.grant(ShardId(1), Instant::now() + Duration::from_secs(10));
+        assert!(o.epoch(ShardId(1)).is_some_and(|e| Some(e) != first), "regained after a lapse: a new acquisition");
         assert!(o.revoke(ShardId(2)));
         assert!(o.held().is_empty());
     }

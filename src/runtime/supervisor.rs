@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use super::api_writer::{ApiWriter, WriterArgs, WriterMsg};
 use super::shard_coordinator::{CoordinatorArgs, CoordinatorMsg, RELEASE_TIMEOUT, ShardCoordinator};
-use super::watch_hub::{HubArgs, WatchHub};
+use super::watch_hub::{HubArgs, WATCH_HUB, WatchHub};
 use super::work_queue::Backoff;
 
 /// The name the ApiWriter is registered under: `ractor::registry::where_is(API_WRITER)`.
@@ -92,9 +92,9 @@ impl SupervisorState {
                     .map(|(a, _)| a.get_cell())
             }
             Child::Hub => match self.args.hub.clone() {
-                Some(args) => {
-                    Actor::spawn_linked(None, WatchHub, args, myself.get_cell()).await.map(|(a, _)| a.get_cell())
-                }
+                Some(args) => Actor::spawn_linked(Some(WATCH_HUB.into()), WatchHub, args, myself.get_cell())
+                    .await
+                    .map(|(a, _)| a.get_cell()),
                 None => return,
             },
         };

@@ -42,6 +42,21 @@ pub struct WatchSpec {
     pub trim: Trim,
     /// Namespaced resource: `--namespace` narrows its watch to that namespace.
     pub namespaced: bool,
+    /// Route a change as its namespace's key (empty name) rather than the object's: for
+    /// controllers that reconcile a namespace's objects together (e.g. a rollout over its pods).
+    pub per_namespace: bool,
+}
+
+/// The name the WatchHub is registered under, for [`enqueue`].
+pub const WATCH_HUB: &str = "watch-hub";
+
+/// Asks the WatchHub to reconcile `controller`'s key `namespace/name` (if this replica holds its
+/// shard): for changes the watches do not see, e.g. another replica's report.
+pub fn enqueue(controller: &'static str, namespace: &str, name: &str) {
+    if let Some(hub) = ractor::registry::where_is(WATCH_HUB) {
+        let msg = HubMsg::Enqueue { controller, namespace: namespace.into(), name: name.into() };
+        let _ = ActorRef::<HubMsg>::from(hub).send_message(msg);
+    }
 }
 
 /// The collection path of `url_path`'s resource within one namespace:
@@ -72,6 +87,12 @@ pub struct HubArgs {
 
 pub enum HubMsg {
     Sync,
+    /// Reconcile this key (see [`enqueue`]).
+    Enqueue {
+        controller: &'static str,
+        namespace: String,
+        name: String,
+    },
     /// A watch's update, already trimmed; `taken` is answered once it is absorbed.
     Update {
         watch: usize,
@@ -131,6 +152,7 @@ impl Actor for WatchHub {
                 st.sync(&myself).await?;
                 myself.send_after(st.args.sync_period, || HubMsg::Sync);
             }
+            HubMsg::Enqueue { controller, namespace, name } => st.route(&[controller], namespace, name),
             HubMsg::Update { watch, generation, update, taken } => {
                 // Updates from watches already replaced are dropped: their shards may be gone.
                 if generation == st.generation {
@@ -272,7 +294,7 @@ impl HubState {
                         seen.insert(key.clone());
                     }
                     if store.apply(o) {
-                        self.route(&spec.controllers, key.0, key.1);
+                        self.route_change(spec, key.0, key.1);
                     }
                 }
             }
@@ -283,7 +305,7 @@ impl HubState {
                 let seen = self.seen.get_mut(watch).map(std::mem::take).unwrap_or_default();
                 let vanished = store.remove_unseen(&seen, |ns| served.contains(&space.shard_of_key(ns)));
                 for (namespace, name) in vanished {
-                    self.route(&spec.controllers, namespace, name);
+                    self.route_change(spec, namespace, name);
                 }
                 if let Some(l) = self.listed.get_mut(watch) {
                     *l = true;
@@ -295,13 +317,13 @@ impl HubState {
             WatchUpdate::Applied(o) => {
                 let (namespace, name) = key_of(&o);
                 if self.serves(&namespace) && store.apply(o) {
-                    self.route(&spec.controllers, namespace, name);
+                    self.route_change(spec, namespace, name);
                 }
             }
             WatchUpdate::Deleted(o) => {
                 let (namespace, name) = key_of(&o);
                 store.delete(&namespace, &name);
-                self.route(&spec.controllers, namespace, name);
+                self.route_change(spec, namespace, name);
             }
         }
         self.args.metrics.set_cached(&spec.url_path, store.len());
@@ -311,6 +333,12 @@ impl HubState {
     /// up must not bring its objects back.
     fn serves(&self, namespace: &str) -> bool {
         self.served.contains(&self.args.space.shard_of_key(namespace))
+    }
+
+    /// Routes a change of `spec`'s object `namespace/name`.
+    fn route_change(&self, spec: &WatchSpec, namespace: String, name: String) {
+        let name = if spec.per_namespace { String::new() } else { name };
+        self.route(&spec.controllers, namespace, name);
     }
 
     fn route(&self, controllers: &[&'static str], namespace: String, name: String) {

@@ -244,12 +244,17 @@ impl ControlPlane {
             )?;
         }
         let kwok_port = free_port()?;
+        // Ours on top of kwok's own stages: the kubelet's part of in-place container updates.
+        let image_update = self.dir.join("kwok-container-image-update.yaml");
+        std::fs::write(&image_update, include_str!("kwok/container-image-update.yaml"))
+            .map_err(|source| ClusterError::Io { path: image_update.clone(), source })?;
         self.spawn(
             bins,
             "kwok",
             vec![
                 format!("--kubeconfig={admin_kc}"),
                 format!("--config={}", bins.join("kwok-stages.yaml").display()),
+                format!("--config={}", image_update.display()),
                 format!("--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake"),
                 "--cidr=10.244.0.0/16".into(),
                 "--node-lease-duration-seconds=40".into(),

@@ -247,6 +247,7 @@ mod hub {
                 store: store.clone(),
                 trim: Trim { drop: &[&["data"]] },
                 namespaced: true,
+                per_namespace: false,
             }],
             namespace: None,
             namespace_template: NamespaceArgs {

@@ -20,9 +20,9 @@ use kruise::webhook::configuration::{self, MUTATING_CONFIGURATION, VALIDATING_CO
 
 use crate::support::{ControlPlane, ControlPlaneConfig, ManagerProcess, eventually, install_crds};
 
-const KRUISE_NS: &str = "kruise-system";
+pub(crate) const KRUISE_NS: &str = "kruise-system";
 
-fn resource(plural: &str, kind: &str) -> ApiResource {
+pub(crate) fn resource(plural: &str, kind: &str) -> ApiResource {
     ApiResource {
         group: "apps.kruise.io".into(),
         version: "v1alpha1".into(),
@@ -32,7 +32,7 @@ fn resource(plural: &str, kind: &str) -> ApiResource {
     }
 }
 
-async fn create(
+pub(crate) async fn create(
     client: &Client,
     plural: &str,
     kind: &str,
@@ -95,9 +95,22 @@ async fn ca_of_secret(client: &Client) -> Vec<u8> {
 /// A private control plane with the CRDs and the chart's webhook configurations installed, and
 /// one kruise-manager serving them (ready, and the configurations pointing at it).
 async fn webhook_cluster(name: &str) -> (ControlPlane, Client, ManagerProcess) {
+    let (cp, client, mut managers) = kruise_cluster(name, 0, 1, &[]).await;
+    (cp, client, managers.remove(0))
+}
+
+/// A private control plane with `nodes` kwok nodes, the CRDs and the chart's webhook
+/// configurations, and `replicas` kruise-managers (with `extra_args`), all ready, the
+/// configurations pointing at one of them.
+pub(crate) async fn kruise_cluster(
+    name: &str,
+    nodes: usize,
+    replicas: usize,
+    extra_args: &[&str],
+) -> (ControlPlane, Client, Vec<ManagerProcess>) {
     let cp = ControlPlane::start(ControlPlaneConfig {
         name: name.into(),
-        nodes: 0,
+        nodes,
         scheduler: false,
         // Creates the namespaces' default ServiceAccounts, without which pods are refused.
         controller_manager: true,
@@ -121,17 +134,32 @@ async fn webhook_cluster(name: &str) -> (ControlPlane, Client, ManagerProcess) {
         .await
         .expect("validating");
 
-    let manager = ManagerProcess::start(&cp, KRUISE_NS, &format!("{name}-a"), &[]);
-    let port = webhook_port(&manager).await;
-    eventually(Duration::from_secs(60), "the configurations to point at the manager with its CA", || {
-        configured_for(&client, port)
+    let managers: Vec<ManagerProcess> = (0..replicas)
+        .map(|i| ManagerProcess::start(&cp, KRUISE_NS, &format!("{name}-{}", (b'a' + i as u8) as char), extra_args))
+        .collect();
+    let mut ports = Vec::new();
+    for m in &managers {
+        ports.push(webhook_port(m).await);
+    }
+    eventually(Duration::from_secs(60), "the configurations to point at a manager with its CA", || {
+        let (client, ports) = (client.clone(), ports.clone());
+        async move {
+            for p in ports {
+                if configured_for(&client, p).await {
+                    return true;
+                }
+            }
+            false
+        }
     })
     .await;
-    eventually(Duration::from_secs(30), "the manager to be ready", || async {
-        crate::support::cluster::process::http_get(&manager.metrics_addr, "/readyz").await.is_some()
-    })
-    .await;
-    (cp, client, manager)
+    for m in &managers {
+        eventually(Duration::from_secs(30), "the manager to be ready", || async {
+            crate::support::cluster::process::http_get(&m.metrics_addr, "/readyz").await.is_some()
+        })
+        .await;
+    }
+    (cp, client, managers)
 }
 
 #[tokio::test]
@@ -249,12 +277,12 @@ async fn webhooks_default_and_validate_through_the_api_server_and_survive_a_rest
         .expect("a valid one is admitted");
 }
 
-async fn create_pod(client: &Client, namespace: &str, body: serde_json::Value) -> Result<Pod, kube::Error> {
+pub(crate) async fn create_pod(client: &Client, namespace: &str, body: serde_json::Value) -> Result<Pod, kube::Error> {
     let pod: Pod = serde_json::from_value(body).expect("pod");
     Api::<Pod>::namespaced(client.clone(), namespace).create(&PostParams::default(), &pod).await
 }
 
-fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
     pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
 }
 

@@ -62,6 +62,7 @@ pub fn watch_spec(resource: DemoResource, label_selector: &str, store: ObjectSto
         store,
         trim: resource.trim(),
         namespaced: true,
+        per_namespace: false,
     }
 }
 

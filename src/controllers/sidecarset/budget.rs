@@ -78,10 +78,14 @@ pub fn total_counts(hash: &str, reports: &BTreeMap<u32, ShardReport>) -> Rollout
     total
 }
 
-/// Hands `free` out one at a time, round robin over the shards that want some (largest want
-/// first), never giving a shard more than it wants.
-fn share(free: u64, wants: &mut [(u32, u64)]) -> BTreeMap<u32, u64> {
-    wants.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+/// Hands `free` out one at a time, round robin over the shards that want some, never giving a
+/// shard more than it wants. Shards furthest behind (smallest share of their pods updated) come
+/// first, so the rollout advances evenly over shards, and a partition leaves old pods everywhere.
+fn share(free: u64, wants: &mut [(u32, u64)], reports: &BTreeMap<u32, ShardReport>) -> BTreeMap<u32, u64> {
+    let progress = |s: u32| {
+        reports.get(&s).map_or(0, |r| u64::from(r.counts.updated) * 1_000_000 / u64::from(r.counts.matched.max(1)))
+    };
+    wants.sort_by_key(|(s, _)| (progress(*s), *s));
     let mut given: BTreeMap<u32, u64> = BTreeMap::new();
     let mut left = free;
     while left > 0 {
@@ -134,7 +138,7 @@ pub fn allocate(
         .iter()
         .filter_map(|s| report(*s).map(|r| (*s, u64::from(r.counts.waiting).saturating_sub(outstanding(&grants, *s)))))
         .collect();
-    for (s, n) in share(free_updates, &mut wants) {
+    for (s, n) in share(free_updates, &mut wants, reports) {
         grants.shards.entry(s).or_default().updates += n;
     }
 
@@ -155,7 +159,7 @@ pub fn allocate(
             Some((*s, usable.saturating_sub(slack)))
         })
         .collect();
-    for (s, n) in share(free_slots, &mut wants) {
+    for (s, n) in share(free_slots, &mut wants, reports) {
         grants.shards.entry(s).or_default().slots += n;
     }
     grants
@@ -222,6 +226,11 @@ impl ShardLedger {
 
     fn cap(&self) -> u64 {
         self.grant.slots.saturating_sub(self.returned_slots)
+    }
+
+    /// Whether a waiting pod could be updated now (a permit and a free slot).
+    pub fn has_room(&self) -> bool {
+        self.used_updates < self.grant.updates && u64::from(self.counts().in_flight) < self.cap()
     }
 
     /// The budget a namespace draws from; what it takes is counted at once (as in flight).
@@ -309,6 +318,17 @@ mod tests {
         assert!(g.shards.values().all(|g| g.slots == 5), "{g:?}");
         // Nothing changed: nothing more to give.
         assert_eq!(allocate(Some(&s), "h", &reports, &g), g);
+    }
+
+    #[test]
+    fn shards_furthest_behind_get_the_window_first() {
+        let s = strategy(json!({"maxUnavailable": 2}));
+        let mut ahead = report("h", 10, 2, 0);
+        ahead.counts.updated = 8;
+        let reports = BTreeMap::from([(0, ahead), (1, report("h", 10, 10, 0)), (2, report("h", 10, 10, 0))]);
+        let g = allocate(Some(&s), "h", &reports, &RolloutGrants::default());
+        assert_eq!(g.for_shard("h", 0).slots, 0, "{g:?}");
+        assert_eq!(g.for_shard("h", 1).slots + g.for_shard("h", 2).slots, 2);
     }
 
     #[test]

@@ -1,10 +1,10 @@
-//! The SidecarSet controller's revision history: on every SidecarSet change, the revision
-//! planner's decisions are written through the ApiWriter (new ControllerRevision, renumbering,
-//! pruning) and `status.latestRevision` / `collisionCount` / `observedGeneration` follow.
-//! (Pod status and in-place upgrades come with the rest of this controller.)
+//! The SidecarSet controller, per set: the revision planner's decisions written through the
+//! ApiWriter (new ControllerRevision, renumbering, pruning), the rollout's grants to the shards
+//! that hold its pods, and the status (revision fields and the pod counts the shards report).
 //!
 //! SidecarSets are cluster-scoped, so they all fall in the shard of namespace "": one replica at a
-//! time keeps their history, fenced like any other shard.
+//! time runs this for a set, fenced like any other shard. The pods themselves are upgraded by
+//! each shard's NamespaceActors (see `rollout`).
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -14,7 +14,8 @@ use serde_json::json;
 use tracing::info;
 
 use super::revision::plan_revisions;
-use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
+use super::rollout::RolloutContext;
+use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet, SidecarSetStatus};
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
@@ -33,11 +34,13 @@ pub fn watch_spec(store: ObjectStore) -> WatchSpec {
         store,
         trim: Trim::default(),
         namespaced: false,
+        per_namespace: false,
     }
 }
 
 pub struct SidecarSetRevisions {
     pub client: Client,
+    pub rollout: RolloutContext,
     /// The Kruise namespace, where revisions live.
     pub namespace: String,
     pub store: ObjectStore,
@@ -60,10 +63,12 @@ impl Reconciler for SidecarSetRevisions {
         let cached = self.store.get(namespace, name);
         let client = self.client.clone();
         let kruise_ns = self.namespace.clone();
+        let rollout = self.rollout.clone();
         let name = name.to_string();
         Box::pin(async move {
             // Fencing, and nothing to keep for a deleted set (its revisions go with it: owner refs).
-            let Some(object) = cached.filter(|_| ownership.holds(shard)) else { return Ok(Action::Done) };
+            let Some(epoch) = ownership.epoch(shard) else { return Ok(Action::Done) };
+            let Some(object) = cached else { return Ok(Action::Done) };
             let set: SidecarSet = serde_json::from_value(serde_json::to_value(&*object).map_err(err)?).map_err(err)?;
             let revisions: Api<ControllerRevision> = Api::namespaced(client, &kruise_ns);
             let existing = revisions
@@ -100,26 +105,26 @@ impl Reconciler for SidecarSetRevisions {
                     Err(e) => return Err(err(e)),
                 }
             }
+            let counts = rollout.coordinate(&set, epoch).await?;
             let status = set.status.clone().unwrap_or_default();
             let generation = set.metadata.generation;
-            let current = (status.latest_revision.as_deref(), status.collision_count, status.observed_generation);
-            if current != (Some(plan.latest_revision.as_str()), Some(plan.collision_count), generation) {
+            let wanted = SidecarSetStatus {
+                observed_generation: generation,
+                matched_pods: counts.matched as i32,
+                updated_pods: counts.updated as i32,
+                ready_pods: counts.ready as i32,
+                updated_ready_pods: Some(counts.updated_ready as i32),
+                latest_revision: Some(plan.latest_revision.clone()),
+                collision_count: Some(plan.collision_count),
+            };
+            if status != wanted {
                 let target = WriteTarget {
                     resource: ApiResource::erase::<SidecarSet>(&()),
                     namespace: None,
                     name: name.clone(),
                     status: true,
                 };
-                // The pod counts are required by the schema; they stay as they are (computed by the
-                // pod-status part of this controller, to come).
-                let patch = json!({ "status": {
-                    "matchedPods": status.matched_pods,
-                    "updatedPods": status.updated_pods,
-                    "readyPods": status.ready_pods,
-                    "latestRevision": plan.latest_revision,
-                    "collisionCount": plan.collision_count,
-                    "observedGeneration": generation,
-                } });
+                let patch = json!({ "status": wanted });
                 match write(target, WriteOp::MergePatch(patch)).await {
                     Ok(()) | Err(WriteError::Api { code: 404, .. }) => {}
                     Err(e) => return Err(err(e)),

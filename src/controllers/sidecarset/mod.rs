@@ -8,4 +8,5 @@ pub mod injection;
 pub mod planner;
 pub mod pod_state;
 pub mod revision;
+pub mod rollout;
 pub mod upgrade;

@@ -1,0 +1,561 @@
+//! The SidecarSet rollout in the sharded runtime: the thin glue around the planner and the budget.
+//!
+//! - Each shard's NamespaceActors reconcile a namespace's pods for every set at once (key
+//!   `namespace/""` of [`ROLLOUT_CONTROLLER`]): count them, and pick and patch pods within the
+//!   shard's [`ShardLedger`]. Order is exact within a namespace; across namespaces and shards it
+//!   follows as closely as the budget allows.
+//! - Each shard writes its ledger's report into the set's rollout ConfigMap
+//!   (`sidecarset-rollout-<set>` in the Kruise namespace, key `shard-<i>`).
+//! - The shard owning the set (all SidecarSets live in the shard of namespace "") reads the
+//!   reports, writes `grants` and the status counts ([`coordinate`]).
+//!
+//! Ledgers and the owner's grants belong to one acquisition of their shard (its epoch): a shard
+//! regained later starts again from what the API server holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::ApiResource;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::budget::{RolloutGrants, ShardLedger, ShardReport, allocate, total_counts};
+use super::injection::INJECTED_LIST;
+use super::planner::{RolloutCounts, pick, rolling, upgrade_order};
+use super::pod_state::{PodFacts, SetVersion, is_matched, is_updated};
+use super::upgrade::upgrade_patch;
+use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
+use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
+use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
+use crate::runtime::object_store::{ObjectStore, Trim};
+use crate::runtime::ownership::ShardOwnership;
+use crate::runtime::shard::{ShardId, ShardSpace};
+use crate::runtime::watch_hub::{WatchSpec, enqueue};
+
+pub const ROLLOUT_CONTROLLER: &str = "sidecarset-rollout";
+/// Label on the rollout ConfigMaps (value: "true").
+pub const ROLLOUT_LABEL: &str = "kruise.io/sidecarset-rollout";
+const GRANTS_KEY: &str = "grants";
+/// How long a pod this replica patched may stay unseen in the cache before it is counted from the
+/// cache again (the patch's answer was lost, or the watch is far behind).
+const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn rollout_configmap_name(set: &str) -> String {
+    format!("sidecarset-rollout-{set}")
+}
+
+fn report_key(shard: ShardId) -> String {
+    format!("shard-{}", shard.0)
+}
+
+/// The pods watch: every pod of the held shards, routed per namespace. Volumes are dropped (the
+/// rollout never reads them); containers stay whole, since an upgrade patch carries the list.
+pub fn pods_watch_spec(store: ObjectStore) -> WatchSpec {
+    WatchSpec {
+        controllers: vec![ROLLOUT_CONTROLLER],
+        url_path: "/api/v1/pods".into(),
+        label_selector: None,
+        store,
+        trim: Trim { drop: &[&["spec", "volumes"]] },
+        namespaced: true,
+        per_namespace: true,
+    }
+}
+
+/// The rollout ConfigMaps of every set, watched by every replica (not sharded: shards read their
+/// grants, the owner reads the reports).
+pub fn watch_rollout_configmaps(client: &Client, namespace: &str) -> Store<ConfigMap> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let watch = watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), namespace),
+        watcher::Config::default().labels(&format!("{ROLLOUT_LABEL}=true")),
+    );
+    tokio::spawn(reflector(writer, watch).default_backoff().touched_objects().for_each(|r| async move {
+        if let Err(e) = r {
+            warn!(error = %e, "rollout ConfigMap watch failed; retrying");
+        }
+    }));
+    store
+}
+
+/// A shard's ledger for one set, with what the glue keeps around it.
+struct Tracked {
+    epoch: u64,
+    ledger: ShardLedger,
+    /// The report changed since it was last written.
+    dirty: bool,
+    /// Namespaces that had waiting pods the budget did not allow.
+    blocked: BTreeSet<String>,
+}
+
+/// A pod this replica patched that the cache does not show updated yet.
+struct Pending {
+    set: String,
+    hash: String,
+    since: Instant,
+}
+
+/// The owner's grants for one set, authoritative for one acquisition of the set's shard.
+struct OwnedGrants {
+    epoch: u64,
+    grants: RolloutGrants,
+}
+
+#[derive(Default)]
+struct Shared {
+    ledgers: HashMap<(ShardId, String), Tracked>,
+    pending: HashMap<(String, String), Pending>,
+    owned: HashMap<String, OwnedGrants>,
+}
+
+/// What the rollout's reconciles and its sync loop share.
+#[derive(Clone)]
+pub struct RolloutContext {
+    pub client: Client,
+    /// The Kruise namespace (rollout ConfigMaps).
+    pub namespace: String,
+    pub space: ShardSpace,
+    pub ownership: ShardOwnership,
+    pub pods: ObjectStore,
+    pub sets: Store<SidecarSet>,
+    pub rollouts: Store<ConfigMap>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn err(e: impl std::fmt::Display) -> ReconcileError {
+    ReconcileError(e.to_string())
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl RolloutContext {
+    pub fn new(
+        client: Client,
+        namespace: String,
+        space: ShardSpace,
+        ownership: ShardOwnership,
+        pods: ObjectStore,
+        sets: Store<SidecarSet>,
+        rollouts: Store<ConfigMap>,
+    ) -> Self {
+        RolloutContext { client, namespace, space, ownership, pods, sets, rollouts, shared: Arc::default() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Every critical section leaves the maps consistent: usable after a panic elsewhere.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn configmap_target(&self, set: &str) -> WriteTarget {
+        WriteTarget {
+            resource: ApiResource::erase::<ConfigMap>(&()),
+            namespace: Some(self.namespace.clone()),
+            name: rollout_configmap_name(set),
+            status: false,
+        }
+    }
+
+    /// The cached rollout ConfigMap's data of `set`.
+    fn cached_data(&self, set: &str) -> BTreeMap<String, String> {
+        let name = rollout_configmap_name(set);
+        self.rollouts
+            .state()
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|c| c.data.clone())
+            .unwrap_or_default()
+    }
+
+    /// The rollout ConfigMap's data of `set`, read from the API server (a quorum read): what a
+    /// new holder of a shard must continue from.
+    async fn fresh_data(&self, set: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(api.get_opt(&rollout_configmap_name(set)).await?.and_then(|c| c.data).unwrap_or_default())
+    }
+
+    /// The namespaces of `shard` with pods in the cache.
+    fn namespaces_of(&self, shard: ShardId) -> BTreeSet<String> {
+        self.pods.namespaces().into_iter().filter(|ns| self.space.shard_of_key(ns) == shard).collect()
+    }
+
+    /// Makes sure `shard` has a ledger for `set` at `hash` under `epoch`, resuming from the API
+    /// server's copy when it has none (first use, takeover, new hash).
+    async fn ensure_ledger(&self, shard: ShardId, epoch: u64, set: &str, hash: &str) -> Result<(), kube::Error> {
+        let current = |s: &Shared| {
+            s.ledgers.get(&(shard, set.to_string())).is_some_and(|t| t.epoch == epoch && t.ledger.hash == hash)
+        };
+        if current(&self.lock()) {
+            return Ok(());
+        }
+        let data = self.fresh_data(set).await?;
+        let grants: RolloutGrants = data.get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default();
+        let persisted: Option<ShardReport> = data.get(&report_key(shard)).and_then(|r| serde_json::from_str(r).ok());
+        let namespaces = self.namespaces_of(shard);
+        let ledger = ShardLedger::resume(hash, grants.for_shard(hash, shard.0), persisted.as_ref(), namespaces.clone());
+        {
+            let mut s = self.lock();
+            if current(&s) {
+                return Ok(());
+            }
+            info!(set, shard = shard.0, hash, "rollout ledger resumed");
+            s.ledgers
+                .insert((shard, set.to_string()), Tracked { epoch, ledger, dirty: true, blocked: BTreeSet::new() });
+        }
+        // Every namespace of the shard counts its pods, so the ledger knows what is in flight.
+        for ns in namespaces {
+            enqueue(ROLLOUT_CONTROLLER, &ns, "");
+        }
+        Ok(())
+    }
+
+    /// One namespace: counts every set's matched pods and upgrades those the budget allows.
+    async fn reconcile_namespace(&self, namespace: &str) -> Result<Action, ReconcileError> {
+        let shard = self.space.shard_of_key(namespace);
+        let Some(epoch) = self.ownership.epoch(shard) else { return Ok(Action::Done) };
+        // Only pods some set injected into.
+        let pods: Vec<Pod> = self
+            .pods
+            .in_namespace(namespace)
+            .iter()
+            .filter(|o| o.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(INJECTED_LIST)))
+            .filter_map(|o| serde_json::to_value(&**o).ok().and_then(|v| serde_json::from_value(v).ok()))
+            .collect();
+        let mut requeue = None;
+        for set in self.sets.state() {
+            let v = SetVersion::new(&set);
+            let matched: Vec<&Pod> = pods.iter().filter(|p| is_matched(&v, p)).collect();
+            let known = self.lock().ledgers.contains_key(&(shard, v.name.to_string()));
+            if matched.is_empty() && !known {
+                continue;
+            }
+            self.ensure_ledger(shard, epoch, v.name, &v.hash).await.map_err(err)?;
+            let facts: Vec<PodFacts> = matched.iter().map(|p| self.facts_with_pending(&v, p)).collect();
+            let picked = self.take_budget(shard, epoch, namespace, &v, &facts);
+            if !picked.is_empty() {
+                let patched = self.upgrade(shard, epoch, &v, picked.iter().map(|&i| matched[i])).await;
+                if let Err(e) = patched {
+                    warn!(set = v.name, namespace, error = %e, "in-place upgrade failed; retrying");
+                    requeue = Some(Duration::from_secs(1));
+                }
+            }
+            // Pods patched but not yet seen: the watch brings them; this is the safety net.
+            if self.has_pending(namespace, v.name) {
+                requeue = requeue.or(Some(Duration::from_secs(5)));
+            }
+        }
+        Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
+    }
+
+    /// The pod's facts, with a pod this replica already patched counted as updated and in flight
+    /// until the cache shows it.
+    fn facts_with_pending(&self, v: &SetVersion, pod: &Pod) -> PodFacts {
+        let mut f = PodFacts::of(v, pod);
+        let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+        let mut s = self.lock();
+        if let Some(p) = s.pending.get(&key).filter(|p| p.set == v.name) {
+            if is_updated(v, pod) || p.hash != v.hash || p.since.elapsed() > PENDING_TIMEOUT {
+                s.pending.remove(&key);
+            } else {
+                f.updated = true;
+                f.consistent_ready = false;
+            }
+        }
+        f
+    }
+
+    fn has_pending(&self, namespace: &str, set: &str) -> bool {
+        self.lock().pending.iter().any(|((ns, _), p)| ns == namespace && p.set == set)
+    }
+
+    /// Records the namespace's counts in the ledger and takes what the budget allows for it.
+    fn take_budget(
+        &self,
+        shard: ShardId,
+        epoch: u64,
+        namespace: &str,
+        v: &SetVersion,
+        facts: &[PodFacts],
+    ) -> Vec<usize> {
+        let grants: RolloutGrants =
+            self.cached_data(v.name).get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default();
+        let mut s = self.lock();
+        let Some(t) = s.ledgers.get_mut(&(shard, v.name.to_string())).filter(|t| t.epoch == epoch) else {
+            return Vec::new();
+        };
+        t.ledger.observe(grants.for_shard(&v.hash, shard.0));
+        let before = t.ledger.report();
+        let counts = RolloutCounts::of(facts);
+        t.ledger.record(namespace, counts);
+        let mut picked = Vec::new();
+        if rolling(v.set) && counts.waiting > 0 {
+            let order = upgrade_order(v.set.spec.update_strategy.as_ref(), facts);
+            picked = pick(&order, facts, &mut t.ledger.budget(namespace));
+            if picked.len() < order.len() {
+                t.blocked.insert(namespace.to_string());
+            } else {
+                t.blocked.remove(namespace);
+            }
+        } else {
+            t.blocked.remove(namespace);
+        }
+        t.ledger.return_surplus();
+        if t.ledger.report() != before {
+            t.dirty = true;
+        }
+        picked
+    }
+
+    /// Patches the picked pods, fenced by the shard's epoch.
+    async fn upgrade<'p>(
+        &self,
+        shard: ShardId,
+        epoch: u64,
+        v: &SetVersion<'_>,
+        pods: impl Iterator<Item = &'p Pod>,
+    ) -> Result<(), ReconcileError> {
+        let latest = v.set.status.as_ref().and_then(|s| s.latest_revision.clone()).unwrap_or_default();
+        for pod in pods {
+            if self.ownership.epoch(shard) != Some(epoch) {
+                return Ok(());
+            }
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let patch = upgrade_patch(v, pod, &latest, &now_rfc3339()).map_err(err)?;
+            let target = WriteTarget {
+                resource: ApiResource::erase::<Pod>(&()),
+                namespace: Some(ns.clone()),
+                name: name.clone(),
+                status: false,
+            };
+            self.lock().pending.insert(
+                (ns.clone(), name.clone()),
+                Pending { set: v.name.into(), hash: v.hash.clone(), since: Instant::now() },
+            );
+            match write(target, WriteOp::MergePatch(patch)).await {
+                Ok(()) => info!(set = v.name, pod = %format!("{ns}/{name}"), "upgraded sidecars in place"),
+                // E.g. changed since it was read (409): the watch brings the news and a new round.
+                Err(e) => {
+                    self.lock().pending.remove(&(ns, name));
+                    return Err(err(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The owner's part for `set` (whose shard this replica holds under `epoch`): grants from the
+    /// shards' reports, and the status counts. Returns the counts.
+    pub async fn coordinate(&self, set: &SidecarSet, epoch: u64) -> Result<RolloutCounts, ReconcileError> {
+        let v = SetVersion::new(set);
+        let data = self.cached_data(v.name);
+        if data.is_empty()
+            && !self
+                .rollouts
+                .state()
+                .iter()
+                .any(|c| c.metadata.name.as_deref() == Some(&*rollout_configmap_name(v.name)))
+        {
+            self.create_configmap(set).await?;
+        }
+        let reports: BTreeMap<u32, ShardReport> = data
+            .iter()
+            .filter_map(|(k, val)| {
+                let shard: u32 = k.strip_prefix("shard-")?.parse().ok()?;
+                Some((shard, serde_json::from_str(val).ok()?))
+            })
+            .collect();
+        let counts = total_counts(&v.hash, &reports);
+        if !rolling(set) {
+            return Ok(counts);
+        }
+        let owned = {
+            let s = self.lock();
+            s.owned.get(v.name).filter(|o| o.epoch == epoch).map(|o| o.grants.clone())
+        };
+        let current = match owned {
+            Some(g) => g,
+            // A new acquisition continues from the API server's grants, never a stale cache.
+            None => self
+                .fresh_data(v.name)
+                .await
+                .map_err(err)?
+                .get(GRANTS_KEY)
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default(),
+        };
+        let next = allocate(set.spec.update_strategy.as_ref(), &v.hash, &reports, &current);
+        if next != current {
+            let body = serde_json::to_string(&next).map_err(err)?;
+            let patch = json!({ "data": { GRANTS_KEY: body } });
+            if let Err(e) = write(self.configmap_target(v.name), WriteOp::MergePatch(patch)).await {
+                // The outcome is unknown: the next round reads the grants afresh.
+                self.lock().owned.remove(v.name);
+                return Err(err(e));
+            }
+            debug!(set = v.name, grants = ?next.shards, "granted");
+        }
+        self.lock().owned.insert(v.name.to_string(), OwnedGrants { epoch, grants: next });
+        Ok(counts)
+    }
+
+    async fn create_configmap(&self, set: &SidecarSet) -> Result<(), ReconcileError> {
+        let name = set.metadata.name.clone().unwrap_or_default();
+        let body = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": rollout_configmap_name(&name),
+                "namespace": self.namespace,
+                "labels": { ROLLOUT_LABEL: "true", SIDECARSET_NAME_LABEL: name, "app.kubernetes.io/managed-by": "kruise-rs" },
+                "ownerReferences": [{
+                    "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet", "name": name,
+                    "uid": set.metadata.uid, "controller": true, "blockOwnerDeletion": true,
+                }],
+            },
+            "data": {},
+        });
+        match write(self.configmap_target(&name), WriteOp::Create(body)).await {
+            Ok(()) | Err(WriteError::Api { code: 409, .. }) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Writes the reports that changed, returns slots nobody here needs, forgets ledgers of shards
+    /// no longer held, and wakes namespaces whose budget grew.
+    async fn flush(&self) {
+        let mut writes = Vec::new();
+        let mut wake = BTreeSet::new();
+        {
+            let grants_of = |set: &str| -> RolloutGrants {
+                self.cached_data(set).get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default()
+            };
+            let mut s = self.lock();
+            let ownership = &self.ownership;
+            s.ledgers.retain(|(shard, _), t| ownership.epoch(*shard) == Some(t.epoch));
+            s.owned.retain(|_, o| ownership.epoch(self.space.shard_of_key("")) == Some(o.epoch));
+            for ((shard, set), t) in s.ledgers.iter_mut() {
+                let cap_before = t.ledger.grant;
+                t.ledger.observe(grants_of(set).for_shard(&t.ledger.hash, shard.0));
+                let room = t.ledger.grant != cap_before || t.ledger.has_room();
+                if room {
+                    wake.extend(t.blocked.iter().cloned());
+                }
+                if t.ledger.return_surplus() > 0 {
+                    t.dirty = true;
+                }
+                if t.dirty {
+                    t.dirty = false;
+                    writes.push((*shard, set.clone(), t.epoch, t.ledger.report()));
+                }
+            }
+        }
+        for ns in wake {
+            enqueue(ROLLOUT_CONTROLLER, &ns, "");
+        }
+        for (shard, set, epoch, report) in writes {
+            if self.ownership.epoch(shard) != Some(epoch) {
+                continue;
+            }
+            let body = serde_json::to_string(&report).unwrap_or_default();
+            let patch = json!({ "data": { report_key(shard): body } });
+            if let Err(e) = write(self.configmap_target(&set), WriteOp::MergePatch(patch)).await {
+                debug!(set, shard = shard.0, error = %e, "report not written; retrying");
+                if let Some(t) = self.lock().ledgers.get_mut(&(shard, set)) {
+                    t.dirty = true;
+                }
+            }
+        }
+    }
+}
+
+/// The replica's rollout loop: reacts to set changes (every namespace recounts), to rollout
+/// ConfigMap changes (the owner recomputes; grants wake blocked namespaces), takes over ledgers
+/// of shards acquired with budget but no pods, and writes reports.
+pub async fn run_sync(ctx: RolloutContext, owner_controller: &'static str, period: Duration) {
+    let mut sets_seen: HashMap<String, String> = HashMap::new();
+    let mut rollouts_seen: HashMap<String, String> = HashMap::new();
+    loop {
+        tokio::time::sleep(period).await;
+        let span = info_span!("sidecarset_rollout_sync");
+        async {
+            let sets = ctx.sets.state();
+            let mut changed_sets = false;
+            let mut now_seen = HashMap::new();
+            for set in &sets {
+                let name = set.metadata.name.clone().unwrap_or_default();
+                let version = set.metadata.resource_version.clone().unwrap_or_default();
+                if sets_seen.get(&name) != Some(&version) {
+                    changed_sets = true;
+                }
+                now_seen.insert(name, version);
+            }
+            if changed_sets || now_seen.len() != sets_seen.len() {
+                for ns in ctx.pods.namespaces() {
+                    enqueue(ROLLOUT_CONTROLLER, &ns, "");
+                }
+            }
+            sets_seen = now_seen;
+
+            let mut now_seen = HashMap::new();
+            for cm in ctx.rollouts.state() {
+                let Some(set) = cm.metadata.labels.as_ref().and_then(|l| l.get(SIDECARSET_NAME_LABEL)).cloned() else {
+                    continue;
+                };
+                let version = cm.metadata.resource_version.clone().unwrap_or_default();
+                if rollouts_seen.get(&set) != Some(&version) {
+                    enqueue(owner_controller, "", &set);
+                }
+                // A shard acquired with budget of this set but no pods to count: take it over so
+                // the budget comes back.
+                let grants: RolloutGrants = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(GRANTS_KEY))
+                    .and_then(|g| serde_json::from_str(g).ok())
+                    .unwrap_or_default();
+                for (&n, _) in grants.shards.iter() {
+                    let shard = ShardId(n);
+                    let Some(epoch) = ctx.ownership.epoch(shard) else { continue };
+                    let tracked = ctx.lock().ledgers.contains_key(&(shard, set.clone()));
+                    if !tracked
+                        && ctx.namespaces_of(shard).is_empty()
+                        && let Err(e) = ctx.ensure_ledger(shard, epoch, &set, &grants.hash).await
+                    {
+                        debug!(set, shard = n, error = %e, "ledger not resumed; retrying");
+                    }
+                }
+                now_seen.insert(set, version);
+            }
+            rollouts_seen = now_seen;
+            ctx.flush().await;
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// The NamespaceActors' reconciler of pods (key `namespace/""`).
+pub struct SidecarSetRollout(pub RolloutContext);
+
+impl Reconciler for SidecarSetRollout {
+    fn name(&self) -> &'static str {
+        ROLLOUT_CONTROLLER
+    }
+
+    fn reconcile(&self, namespace: &str, _: &str) -> BoxFuture<'static, Result<Action, ReconcileError>> {
+        let ctx = self.0.clone();
+        let namespace = namespace.to_string();
+        Box::pin(async move {
+            let span = info_span!("sidecarset_rollout", namespace = %namespace);
+            ctx.reconcile_namespace(&namespace).instrument(span).await
+        })
+    }
+}

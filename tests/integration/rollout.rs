@@ -1,0 +1,342 @@
+//! SidecarSet in-place rollouts through the real API server: kwok nodes run the pods, and kwok's
+//! `container-image-update` stage (tests/cluster/kwok) plays the kubelet's part of an in-place
+//! update (restart the container on the new image, report a new image ID).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use kube::{Api, Client};
+use serde_json::json;
+
+use kruise::api::sidecarset::SidecarSet;
+use kruise::controllers::sidecarset::pod_state::{
+    INPLACE_UPDATE_STATE, SetVersion, is_consistent, is_matched, is_ready, is_updated,
+};
+
+use crate::support::cluster::control_plane::node_name;
+use crate::support::{LogsOnFailure, eventually};
+use crate::webhooks::{KRUISE_NS, annotation, create, create_pod, kruise_cluster, resource};
+
+/// The waits of these tests: generous, the machines are shared.
+const WAIT: Duration = Duration::from_secs(90);
+
+fn sidecarsets(client: &Client) -> Api<DynamicObject> {
+    Api::all_with(client.clone(), &resource("sidecarsets", "SidecarSet"))
+}
+
+async fn get_set(client: &Client, name: &str) -> SidecarSet {
+    let o = sidecarsets(client).get(name).await.expect("sidecarset");
+    serde_json::from_value(serde_json::to_value(o).expect("json")).expect("SidecarSet")
+}
+
+/// `[matched, updated, ready, updatedReady]` of the set's status.
+async fn status_of(client: &Client, name: &str) -> [i32; 4] {
+    let s = get_set(client, name).await.status.unwrap_or_default();
+    [s.matched_pods, s.updated_pods, s.ready_pods, s.updated_ready_pods.unwrap_or(0)]
+}
+
+async fn wait_status(client: &Client, name: &str, want: [i32; 4]) {
+    eventually(WAIT, &format!("status {want:?} of {name}"), || async move { status_of(client, name).await == want })
+        .await;
+}
+
+async fn patch_set(client: &Client, name: &str, patch: serde_json::Value) {
+    sidecarsets(client).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch sidecarset");
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("namespace {name}: {e}"),
+    }
+    // Pods are refused until the namespace's default ServiceAccount exists.
+    eventually(WAIT, "the default ServiceAccount", || async {
+        Api::<ServiceAccount>::namespaced(client.clone(), name).get_opt("default").await.ok().flatten().is_some()
+    })
+    .await;
+}
+
+/// A pod on a kwok node (no scheduler needed).
+fn pod_body(name: &str, labels: serde_json::Value, node: usize) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "nodeName": node_name(node),
+            "containers": [{
+                "name": "nginx", "image": "nginx:1.25",
+                "env": [{ "name": "TZ", "value": "Asia/Shanghai" }],
+                "volumeMounts": [{ "name": "nginx-log", "mountPath": "/var/log/nginx" }]
+            }],
+            "volumes": [{ "name": "nginx-log", "emptyDir": {} }]
+        }
+    })
+}
+
+fn container<'a>(pod: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    pod.spec.as_ref()?.containers.iter().find(|c| c.name == name)
+}
+
+fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == name)
+}
+
+/// Spec scenarios 3 and 17 (the seed): inject, status 1/1/1/1, change the image, the sidecar is
+/// restarted in place on the new image (the pod is not re-created, the app container not
+/// restarted), the old image ID is recorded, and status comes back to all updated.
+#[tokio::test]
+async fn the_logtail_sidecar_is_upgraded_in_place() {
+    let (cp, client, managers) = kruise_cluster("rollout-logtail", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let set = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+        "metadata": { "name": "logtail-sidecarset" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "nginx" } },
+            "updateStrategy": { "maxUnavailable": "10%" },
+            "containers": [{
+                "name": "logtail", "image": "log-service/logtail:0.16.16",
+                "transferEnv": [{ "sourceContainerName": "nginx", "envName": "TZ" }],
+                "volumeMounts": [{ "name": "nginx-log", "mountPath": "/var/log/nginx" }]
+            }],
+            "volumes": [{ "name": "nginx-log", "emptyDir": {} }]
+        }
+    });
+    create(&client, "sidecarsets", "SidecarSet", None, set).await.expect("logtail-sidecarset");
+    // The pod webhook reads sets from a watch: retry until the new set is seen.
+    let mut created = None;
+    for i in 0..40 {
+        let pod = create_pod(&client, "default", pod_body(&format!("test-pod-{i}"), json!({"app": "nginx"}), 0))
+            .await
+            .expect("pod admitted");
+        if annotation(&pod, "kruise.io/sidecarset-injected-list") == Some("logtail-sidecarset") {
+            created = Some(pod);
+            break;
+        }
+        Api::<Pod>::namespaced(client.clone(), "default")
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &Default::default())
+            .await
+            .expect("delete uninjected pod");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let created = created.expect("an injected pod");
+    let pod_name = created.metadata.name.clone().unwrap_or_default();
+    let uid = created.metadata.uid.clone();
+    let names: Vec<&str> = created.spec.as_ref().unwrap().containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["logtail", "nginx"]);
+
+    // Ready on kwok: [1,1,1,1] with the revision fields.
+    wait_status(&client, "logtail-sidecarset", [1, 1, 1, 1]).await;
+    let s = get_set(&client, "logtail-sidecarset").await;
+    let status = s.status.clone().unwrap_or_default();
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(status.latest_revision.as_deref().is_some_and(|r| r.starts_with("logtail-sidecarset-")));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let before = pods.get(&pod_name).await.expect("pod");
+    let old_image_id = container_status(&before, "logtail").map(|c| c.image_id.clone()).unwrap_or_default();
+
+    // Scenario 17: a new image.
+    patch_set(
+        &client,
+        "logtail-sidecarset",
+        json!({ "spec": { "containers": [{
+        "name": "logtail", "image": "log-service/logtail:0.16.18",
+        "transferEnv": [{ "sourceContainerName": "nginx", "envName": "TZ" }],
+        "volumeMounts": [{ "name": "nginx-log", "mountPath": "/var/log/nginx" }]
+    }] } }),
+    )
+    .await;
+    eventually(WAIT, "the logtail container to run 0.16.18 after one restart", || async {
+        let Ok(p) = pods.get(&pod_name).await else { return false };
+        let spec_ok = container(&p, "logtail").and_then(|c| c.image.as_deref()) == Some("log-service/logtail:0.16.18");
+        let st = container_status(&p, "logtail");
+        spec_ok && st.is_some_and(|s| s.image == "log-service/logtail:0.16.18" && s.restart_count == 1)
+    })
+    .await;
+    let after = pods.get(&pod_name).await.expect("pod");
+    assert_eq!(after.metadata.uid, uid, "upgraded in place, not re-created");
+    assert_eq!(container_status(&after, "nginx").map(|c| c.restart_count), Some(0), "the app was not restarted");
+    assert_eq!(
+        container(&after, "nginx").and_then(|c| c.image.as_deref()),
+        Some("nginx:1.25"),
+        "only the sidecar's image changed"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(annotation(&after, INPLACE_UPDATE_STATE).expect("in-place update state")).expect("json");
+    assert_eq!(state["logtail-sidecarset"]["lastContainerStatuses"]["logtail"]["imageID"], json!(old_image_id));
+
+    wait_status(&client, "logtail-sidecarset", [1, 1, 1, 1]).await;
+    let s = get_set(&client, "logtail-sidecarset").await;
+    let v = SetVersion::new(&s);
+    let after = pods.get(&pod_name).await.expect("pod");
+    assert!(is_updated(&v, &after) && is_consistent(&after, &["logtail"]) && is_ready(&after));
+    let hashes: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(annotation(&after, "kruise.io/sidecarset-hash").expect("hash")).expect("json");
+    eventually(WAIT, "the pod's entry to name the latest revision", || async {
+        let s = get_set(&client, "logtail-sidecarset").await;
+        let latest = s.status.and_then(|st| st.latest_revision).unwrap_or_default();
+        let p = pods.get(&pod_name).await.expect("pod");
+        let h: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(annotation(&p, "kruise.io/sidecarset-hash").unwrap_or("{}")).unwrap_or_default();
+        h["logtail-sidecarset"]["controllerRevision"] == json!(latest)
+    })
+    .await;
+    assert_eq!(hashes["logtail-sidecarset"]["hash"], json!(v.hash));
+    drop(managers);
+}
+
+/// What a watch of the pods saw during a rollout to `v`: the most pods updated but not yet
+/// consistent and ready at once, and the fewest pods still old.
+#[derive(Debug, Default, Clone, Copy)]
+struct Observed {
+    max_in_flight: usize,
+    min_old: usize,
+    events: usize,
+}
+
+/// Watches every pod matched by `set` (label `app=web`) and checks the rollout's invariants on
+/// every event, until dropped.
+fn watch_invariants(client: &Client, target: SidecarSet) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Observed>>) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let observed = Arc::new(Mutex::new(Observed { min_old: usize::MAX, ..Default::default() }));
+    let seen = observed.clone();
+    let api: Api<Pod> = Api::all(client.clone());
+    let task = tokio::spawn(async move {
+        let v = SetVersion::new(&target);
+        let mut pods: BTreeMap<(String, String), Pod> = BTreeMap::new();
+        let mut stream = watcher(api, watcher::Config::default().labels("app=web")).boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            let key = |p: &Pod| {
+                (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default())
+            };
+            match event {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                    pods.insert(key(&p), p);
+                }
+                watcher::Event::Delete(p) => {
+                    pods.remove(&key(&p));
+                }
+                watcher::Event::Init => pods.clear(),
+                watcher::Event::InitDone => {}
+            }
+            let matched: Vec<&Pod> = pods.values().filter(|p| is_matched(&v, p)).collect();
+            let in_flight = matched
+                .iter()
+                .filter(|p| is_updated(&v, p) && !(is_ready(p) && is_consistent(p, &v.containers)))
+                .count();
+            let old = matched.iter().filter(|p| !is_updated(&v, p)).count();
+            let mut o = seen.lock().unwrap();
+            o.events += 1;
+            o.max_in_flight = o.max_in_flight.max(in_flight);
+            if matched.len() == 48 {
+                o.min_old = o.min_old.min(old);
+            }
+        }
+    });
+    (task, observed)
+}
+
+/// The identity holding the lease of the shard SidecarSets live in (namespace "").
+async fn sidecarset_shard_holder(client: &Client) -> Option<String> {
+    let shard = kruise::runtime::shard::ShardSpace::new(32).expect("space").shard_of_key("");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), KRUISE_NS);
+    let l = leases.get_opt(&format!("kruise-shard-{}", shard.0)).await.ok().flatten()?;
+    l.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty())
+}
+
+/// Item 5 and 7 of the rollout issue: 3 replicas, 48 pods over 24 namespaces (so over most
+/// shards), maxUnavailable 3 and partition 10. A watch of the pods checks on every event that no
+/// more than 3 are updated-but-unavailable and at least 10 stay old; the replica owning the set's
+/// shard is killed mid-rollout; the rollout still ends with exactly 38 new and 10 old.
+#[tokio::test]
+async fn budgets_hold_across_replicas_and_a_killed_owner() {
+    let (cp, client, mut managers) = kruise_cluster("rollout-shards", 2, 3, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    // Names that differ only at the end share FNV-1a's top bits, hence a shard ("team-00".."team-23"
+    // all fall in shard 8 of 32): these spread over 19 shards.
+    let namespaces: Vec<String> = (0..24).map(|i| format!("team-{i:02}-apps")).collect();
+    for ns in &namespaces {
+        namespace(&client, ns).await;
+    }
+    let mut set = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+        "metadata": { "name": "mesh" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "web" } },
+            "updateStrategy": { "maxUnavailable": 3, "partition": 10 },
+            "containers": [{ "name": "proxy", "image": "proxy:1" }]
+        }
+    });
+    create(&client, "sidecarsets", "SidecarSet", None, set.clone()).await.expect("mesh");
+    // The webhook of every replica must see the set before pods are created.
+    for (i, ns) in namespaces.iter().enumerate() {
+        for j in 0..2 {
+            let name = format!("web-{j}");
+            let mut pod = None;
+            for attempt in 0..40 {
+                let p =
+                    create_pod(&client, ns, pod_body(&name, json!({"app": "web"}), (i + j) % 2)).await.expect("pod");
+                if annotation(&p, "kruise.io/sidecarset-injected-list") == Some("mesh") {
+                    pod = Some(p);
+                    break;
+                }
+                Api::<Pod>::namespaced(client.clone(), ns).delete(&name, &Default::default()).await.expect("delete");
+                eventually(WAIT, "the uninjected pod to go", || async {
+                    Api::<Pod>::namespaced(client.clone(), ns).get_opt(&name).await.ok().flatten().is_none()
+                })
+                .await;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            pod.expect("an injected pod");
+        }
+    }
+    wait_status(&client, "mesh", [48, 48, 48, 48]).await;
+
+    set["spec"]["containers"][0]["image"] = json!("proxy:2");
+    patch_set(&client, "mesh", json!({ "spec": { "containers": set["spec"]["containers"] } })).await;
+    let target = get_set(&client, "mesh").await;
+    let (watch, observed) = watch_invariants(&client, target);
+
+    // Mid-rollout, the replica coordinating the set dies without a word.
+    eventually(WAIT, "a third of the rollout", || async {
+        let s = get_set(&client, "mesh").await;
+        let st = s.status.unwrap_or_default();
+        st.observed_generation == s.metadata.generation && (12..38).contains(&st.updated_pods)
+    })
+    .await;
+    let owner = sidecarset_shard_holder(&client).await.expect("an owner");
+    let victim = managers.iter().position(|m| m.identity == owner).expect("owner is one of ours");
+    managers[victim].process.kill();
+    eprintln!("killed {owner} mid-rollout at {:?}", status_of(&client, "mesh").await);
+
+    wait_status(&client, "mesh", [48, 38, 48, 38]).await;
+    // Nothing more happens: the partition holds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_of(&client, "mesh").await, [48, 38, 48, 38]);
+    watch.abort();
+    let o = *observed.lock().unwrap();
+    eprintln!("observed {o:?}");
+    assert!(o.events > 48, "the watch saw the rollout: {o:?}");
+    assert!(o.max_in_flight <= 3, "maxUnavailable 3 was exceeded: {o:?}");
+    assert!(o.max_in_flight >= 2, "the window was used: {o:?}");
+    assert_eq!(o.min_old, 10, "partition 10: {o:?}");
+    let upgrades: Vec<usize> = managers
+        .iter()
+        .map(|m| {
+            std::fs::read_to_string(&m.process.log).unwrap_or_default().matches("upgraded sidecars in place").count()
+        })
+        .collect();
+    assert!(
+        upgrades.iter().filter(|n| **n > 0).count() >= 2,
+        "the pod work was spread over the replicas: {upgrades:?}\n{}",
+        managers.iter().map(|m| format!("--- {}:\n{}", m.identity, m.log_tail())).collect::<String>()
+    );
+}
