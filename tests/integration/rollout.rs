@@ -340,3 +340,188 @@ async fn budgets_hold_across_replicas_and_a_killed_owner() {
         managers.iter().map(|m| format!("--- {}:\n{}", m.identity, m.log_tail())).collect::<String>()
     );
 }
+
+/// The image of container `c` in each named pod of `namespace`.
+async fn images(client: &Client, namespace: &str, pods: &[&str], c: &str) -> Vec<String> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut out = Vec::new();
+    for p in pods {
+        let pod = api.get(p).await.expect("pod");
+        out.push(container(&pod, c).and_then(|c| c.image.clone()).unwrap_or_default());
+    }
+    out
+}
+
+/// Waits until the status describes the set's current generation, and has `want`.
+async fn wait_observed(client: &Client, name: &str, want: [i32; 4]) {
+    eventually(WAIT, &format!("status {want:?} of {name}'s current generation"), || async move {
+        let s = get_set(client, name).await;
+        let generation = s.metadata.generation;
+        let st = s.status.unwrap_or_default();
+        st.observed_generation == generation
+            && [st.matched_pods, st.updated_pods, st.ready_pods, st.updated_ready_pods.unwrap_or(0)] == want
+    })
+    .await;
+}
+
+/// Creates `names` in `namespace` with `labels(name)`, each injected by `set` (retrying while
+/// the pod webhook has not seen the set yet).
+async fn injected_pods(
+    client: &Client,
+    namespace: &str,
+    set: &str,
+    names: &[&str],
+    labels: impl Fn(&str) -> serde_json::Value,
+) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for name in names {
+        for attempt in 0..40 {
+            let p = create_pod(client, namespace, pod_body(name, labels(name), 0)).await.expect("pod");
+            if annotation(&p, "kruise.io/sidecarset-injected-list") == Some(set) {
+                break;
+            }
+            assert!(attempt < 39, "{name} was never injected");
+            api.delete(name, &Default::default()).await.expect("delete");
+            eventually(WAIT, "the uninjected pod to go", || async { api.get_opt(name).await.ok().flatten().is_none() })
+                .await;
+        }
+    }
+}
+
+/// Spec scenarios 20 (NotUpdate), 21 (paused), 29 (canary selector, and a pod labelled later).
+#[tokio::test]
+async fn not_update_paused_and_canary_selector() {
+    let (cp, client, _managers) = kruise_cluster("rollout-strategies", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let set = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+        "metadata": { "name": "side" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "web" } },
+            "updateStrategy": { "type": "NotUpdate" },
+            "containers": [{ "name": "side", "image": "side:1" }]
+        }
+    });
+    create(&client, "sidecarsets", "SidecarSet", None, set).await.expect("set");
+    let pods = ["web-0", "web-1", "web-2"];
+    injected_pods(&client, "default", "side", &pods, |_| json!({"app": "web"})).await;
+    wait_status(&client, "side", [3, 3, 3, 3]).await;
+    let set_image = |image: &str| json!({ "spec": { "containers": [{ "name": "side", "image": image }] } });
+
+    // NotUpdate: the status follows the new version, the pods do not.
+    patch_set(&client, "side", set_image("side:2")).await;
+    wait_observed(&client, "side", [3, 0, 3, 0]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(images(&client, "default", &pods, "side").await, ["side:1"; 3]);
+
+    // Rolling but paused: still nothing.
+    patch_set(&client, "side", json!({ "spec": { "updateStrategy": { "type": "RollingUpdate", "paused": true } } }))
+        .await;
+    wait_observed(&client, "side", [3, 0, 3, 0]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(images(&client, "default", &pods, "side").await, ["side:1"; 3]);
+
+    // Canary: only the labelled pod; a pod labelled later follows.
+    let label = |name: &'static str| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+        async move {
+            let patch = json!({ "metadata": { "labels": { "canary.release": "true" } } });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("label");
+        }
+    };
+    label("web-1").await;
+    patch_set(
+        &client,
+        "side",
+        json!({ "spec": { "updateStrategy": { "paused": false, "selector": { "matchLabels": { "canary.release": "true" } } } } }),
+    )
+    .await;
+    wait_observed(&client, "side", [3, 1, 3, 1]).await;
+    assert_eq!(images(&client, "default", &pods, "side").await, ["side:1", "side:2", "side:1"]);
+    label("web-2").await;
+    wait_status(&client, "side", [3, 2, 3, 2]).await;
+    assert_eq!(images(&client, "default", &pods, "side").await, ["side:1", "side:2", "side:2"]);
+
+    // Paused with the selector gone: holds; resumed: the rest.
+    patch_set(&client, "side", json!({ "spec": { "updateStrategy": { "paused": true, "selector": null } } })).await;
+    wait_observed(&client, "side", [3, 2, 3, 2]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(images(&client, "default", &pods, "side").await, ["side:1", "side:2", "side:2"]);
+    patch_set(&client, "side", json!({ "spec": { "updateStrategy": { "paused": false } } })).await;
+    wait_observed(&client, "side", [3, 3, 3, 3]).await;
+    assert_eq!(images(&client, "default", &pods, "side").await, ["side:2"; 3]);
+}
+
+/// Spec scenario 31: with scatterStrategy over app_name, the first batch is the planner's, which
+/// mixes apps where the default order would take one app's pods first.
+#[tokio::test]
+async fn scatter_mixes_apps_in_each_batch() {
+    use kruise::controllers::sidecarset::planner::{plan, upgrade_order};
+    use kruise::controllers::sidecarset::pod_state::PodFacts;
+    let (cp, client, _managers) = kruise_cluster("rollout-scatter", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let mut set = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+        "metadata": { "name": "scatter" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "web" } },
+            "updateStrategy": { "maxUnavailable": 3, "scatterStrategy": [
+                { "key": "app_name", "value": "nginx" },
+                { "key": "app_name", "value": "web-server" },
+                { "key": "app_name", "value": "api-gateway" }
+            ] },
+            "containers": [{ "name": "side", "image": "side:1" }]
+        }
+    });
+    create(&client, "sidecarsets", "SidecarSet", None, set.clone()).await.expect("set");
+    let apps = ["nginx", "web-server", "api-gateway"];
+    let names: Vec<String> = (0..9).map(|i| format!("p{i}-{}", apps[i / 3])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    injected_pods(&client, "default", "scatter", &refs, |n| {
+        let app = apps.iter().find(|a| n.ends_with(*a)).copied().unwrap_or_default();
+        json!({ "app": "web", "app_name": app })
+    })
+    .await;
+    wait_status(&client, "scatter", [9, 9, 9, 9]).await;
+
+    set["spec"]["containers"][0]["image"] = json!("side:2");
+    patch_set(&client, "scatter", json!({ "spec": { "containers": set["spec"]["containers"] } })).await;
+    let target = get_set(&client, "scatter").await;
+    // What the planner picks first from the pods as they are now, and what it would pick without scatter.
+    let v = SetVersion::new(&target);
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let current: Vec<Pod> = api.list(&Default::default()).await.expect("pods").items;
+    let facts: Vec<PodFacts> = current.iter().map(|p| PodFacts::of(&v, p)).collect();
+    let name_of = |i: usize| current[i].metadata.name.clone().unwrap_or_default();
+    let app_of = |n: &str| apps.iter().find(|a| n.ends_with(*a)).copied().unwrap_or_default();
+    let planned: std::collections::BTreeSet<String> = plan(&target, &facts).into_iter().map(name_of).collect();
+    let planned_apps: std::collections::BTreeSet<&str> = planned.iter().map(|n| app_of(n)).collect();
+    assert!(planned_apps.len() >= 2, "the planner's first batch mixes apps: {planned:?}");
+    let mut plain = target.clone();
+    plain.spec.update_strategy.as_mut().unwrap().scatter_strategy = None;
+    let unscattered: Vec<String> =
+        upgrade_order(plain.spec.update_strategy.as_ref(), &facts).into_iter().take(3).map(name_of).collect();
+    eprintln!("planned first batch {planned:?}; without scatter {unscattered:?}");
+
+    // The first three pods the controller updates are the planned batch.
+    // (The next batch waits for kwok's 1 s restart; polling every 100 ms sees this one alone.)
+    let started = std::time::Instant::now();
+    let first = loop {
+        let updated: std::collections::BTreeSet<String> = api
+            .list(&Default::default())
+            .await
+            .expect("pods")
+            .items
+            .iter()
+            .filter(|p| is_updated(&v, p))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if updated.len() >= 3 {
+            break updated;
+        }
+        assert!(started.elapsed() < WAIT, "no first batch: {updated:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(first, planned, "the controller's first batch is the planner's");
+    wait_status(&client, "scatter", [9, 9, 9, 9]).await;
+}

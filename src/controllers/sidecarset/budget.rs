@@ -35,6 +35,9 @@ pub struct ShardReport {
     pub returned_slots: u64,
     /// Permits used or forfeited (cumulative for `hash`).
     pub used_updates: u64,
+    /// Set revisions the shard's matched pods record: kept when the history is truncated.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub revisions: BTreeSet<String>,
 }
 
 /// What a shard may do, cumulative for the grants' hash.
@@ -76,6 +79,11 @@ pub fn total_counts(hash: &str, reports: &BTreeMap<u32, ShardReport>) -> Rollout
         total.add(&c);
     }
     total
+}
+
+/// The revisions some shard's pods record.
+pub fn revisions_in_use(reports: &BTreeMap<u32, ShardReport>) -> BTreeSet<String> {
+    reports.values().flat_map(|r| r.revisions.iter().cloned()).collect()
 }
 
 /// Hands `free` out one at a time, round robin over the shards that want some, never giving a
@@ -174,6 +182,8 @@ pub struct ShardLedger {
     pub returned_slots: u64,
     pub used_updates: u64,
     namespaces: BTreeMap<String, RolloutCounts>,
+    /// Per namespace, the set revisions its matched pods record.
+    revisions: BTreeMap<String, BTreeSet<String>>,
     /// Namespaces with pods in this shard not yet counted; nothing is returned until they are
     /// (their in-flight pods may still need the slots).
     uncounted: BTreeSet<String>,
@@ -195,6 +205,7 @@ impl ShardLedger {
             returned_slots: persisted.map_or(0, |r| r.returned_slots),
             used_updates: persisted.map_or(0, |r| r.used_updates).max(grant.updates),
             namespaces: BTreeMap::new(),
+            revisions: BTreeMap::new(),
             uncounted: namespaces.into_iter().collect(),
         }
     }
@@ -207,12 +218,14 @@ impl ShardLedger {
 
     /// Records a namespace's counts (with pods this shard updated but the cache does not yet
     /// show counted as in flight).
-    pub fn record(&mut self, namespace: &str, counts: RolloutCounts) {
+    pub fn record(&mut self, namespace: &str, counts: RolloutCounts, revisions: BTreeSet<String>) {
         self.uncounted.remove(namespace);
         if counts.matched == 0 {
             self.namespaces.remove(namespace);
+            self.revisions.remove(namespace);
         } else {
             self.namespaces.insert(namespace.to_string(), counts);
+            self.revisions.insert(namespace.to_string(), revisions);
         }
     }
 
@@ -259,6 +272,7 @@ impl ShardLedger {
             counts: self.counts(),
             returned_slots: self.returned_slots,
             used_updates: self.used_updates,
+            revisions: self.revisions.values().flatten().cloned().collect(),
         }
     }
 }
@@ -304,6 +318,7 @@ mod tests {
             counts: RolloutCounts { matched, waiting, in_flight, updated: matched - waiting, ..Default::default() },
             returned_slots: 0,
             used_updates: 0,
+            revisions: BTreeSet::new(),
         }
     }
 
@@ -355,7 +370,7 @@ mod tests {
         assert_eq!((l.used_updates, l.returned_slots), (30, 1));
         let mut l = l;
         assert_eq!(l.return_surplus(), 0, "nothing handed back before every namespace is counted");
-        l.record("ns", RolloutCounts { matched: 50, in_flight: 1, waiting: 20, ..Default::default() });
+        l.record("ns", RolloutCounts { matched: 50, in_flight: 1, waiting: 20, ..Default::default() }, BTreeSet::new());
         assert_eq!(l.return_surplus(), 2, "cap 3, one pod in flight, no permits left");
     }
 
@@ -400,7 +415,7 @@ mod tests {
                 2 => {
                     let l = &mut ledgers[shard];
                     l.observe(seen_grants[shard].for_shard("h", shard as u32));
-                    l.record("ns", counts(&pods[shard]));
+                    l.record("ns", counts(&pods[shard]), BTreeSet::new());
                     let mut b = l.budget("ns");
                     for p in pods[shard].iter_mut().filter(|p| !p.0) {
                         if !b.take(true) {
@@ -408,7 +423,7 @@ mod tests {
                         }
                         *p = (true, true);
                     }
-                    l.record("ns", counts(&pods[shard]));
+                    l.record("ns", counts(&pods[shard]), BTreeSet::new());
                     l.return_surplus();
                 }
                 // Pods finish their restart.

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::api::{ApiResource, ListParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::revision::plan_revisions;
 use super::rollout::RolloutContext;
@@ -75,7 +75,10 @@ impl Reconciler for SidecarSetRevisions {
                 .list(&ListParams::default().labels(&format!("{SIDECARSET_NAME_LABEL}={name}")))
                 .await
                 .map_err(err)?;
-            let plan = plan_revisions(&set, &existing.items, &kruise_ns);
+            let plan = plan_revisions(&set, &existing.items, &kruise_ns, &rollout.revisions_in_use(&name));
+            if plan.kept_in_use > 0 {
+                warn!(set = %name, over = plan.kept_in_use, "revision history over its limit: the rest are in use");
+            }
             let revision_target = |rev: &str| WriteTarget {
                 resource: ApiResource::erase::<ControllerRevision>(&()),
                 namespace: Some(kruise_ns.clone()),

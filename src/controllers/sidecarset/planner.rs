@@ -200,6 +200,7 @@ pub(crate) mod tests {
             ready: consistent_ready || !updated,
             upgradable: true,
             selected: true,
+            revision: None,
         }
     }
 

@@ -88,6 +88,12 @@ fn recorded_hash(pod: &Pod, annotation: &'static str, name: &str) -> Option<Stri
     read_hash_annotation(pod, annotation).ok()?.remove(name).map(|e| e.hash)
 }
 
+/// The revision of `v`'s set the pod records (its hash entry's `controllerRevision`), if any.
+pub fn recorded_revision(v: &SetVersion, pod: &Pod) -> Option<String> {
+    let entry = read_hash_annotation(pod, SIDECARSET_HASH).ok()?.remove(v.name)?;
+    Some(entry.controller_revision).filter(|r| !r.is_empty())
+}
+
 /// The pod runs the set's current sidecars (as far as the spec goes).
 pub fn is_updated(v: &SetVersion, pod: &Pod) -> bool {
     recorded_hash(pod, SIDECARSET_HASH, v.name).as_deref() == Some(v.hash.as_str())
@@ -273,6 +279,8 @@ pub struct PodFacts {
     pub upgradable: bool,
     /// Matches `updateStrategy.selector` (true when there is none).
     pub selected: bool,
+    /// The set revision the pod records, if any (kept from history truncation).
+    pub revision: Option<String>,
 }
 
 impl PodFacts {
@@ -292,6 +300,7 @@ impl PodFacts {
             upgradable: !v.has_hot_upgrade() && is_upgradable(v, pod),
             selected,
             labels,
+            revision: recorded_revision(v, pod),
         }
     }
 

@@ -2,13 +2,15 @@
 //! make, how it is named and hashed (as upstream, so revisions written by OpenKruise are
 //! recognised), and what to create, renumber and prune given the revisions that exist.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use serde_json::{Value, json};
 
 use super::hash::{go_escape_html, safe_encode};
-use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
+use crate::api::sidecarset::{SIDECARSET_CUSTOM_VERSION_LABEL, SIDECARSET_NAME_LABEL, SidecarSet};
 
 /// Label upstream (and Kubernetes) put on revisions: the revision's hash.
 pub const CONTROLLER_REVISION_HASH_LABEL: &str = "controller.kubernetes.io/hash";
@@ -68,6 +70,8 @@ pub struct RevisionPlan {
     pub renumber: Option<(String, i64)>,
     /// Revisions beyond the history limit, oldest first.
     pub delete: Vec<String>,
+    /// Revisions still over the limit because they are in use (logged, never deleted).
+    pub kept_in_use: usize,
     /// The revision pods get now (`status.latestRevision`).
     pub latest_revision: String,
     pub collision_count: i32,
@@ -78,8 +82,13 @@ fn data_of(r: &ControllerRevision) -> Option<String> {
 }
 
 /// The history step for `set` given its existing revisions (in the Kruise namespace, labelled
-/// with the set's name).
-pub fn plan_revisions(set: &SidecarSet, existing: &[ControllerRevision], namespace: &str) -> RevisionPlan {
+/// with the set's name) and the revisions its matched pods record (`in_use`).
+pub fn plan_revisions(
+    set: &SidecarSet,
+    existing: &[ControllerRevision],
+    namespace: &str,
+    in_use: &BTreeSet<String>,
+) -> RevisionPlan {
     let name = set.metadata.name.clone().unwrap_or_default();
     let data = revision_data(set);
     let bytes = revision_bytes(&data);
@@ -138,11 +147,37 @@ pub fn plan_revisions(set: &SidecarSet, existing: &[ControllerRevision], namespa
     }
     plan.collision_count = collision_count;
 
-    // Keep the newest `revisionHistoryLimit`; the current one is never deleted.
+    // Keep the newest `revisionHistoryLimit`, oldest deleted first. Never deleted: the current
+    // one, those pods record, the one pinned by name, and the newest with the pinned custom
+    // version (new pods would fail without it).
     let limit = usize::try_from(set.spec.revision_history_limit.unwrap_or(10).max(1)).unwrap_or(10);
     kept.sort_by_key(|(_, r)| *r);
-    let excess = kept.len().saturating_sub(limit);
-    plan.delete = kept.iter().take(excess).map(|(n, _)| n.clone()).filter(|n| *n != plan.latest_revision).collect();
+    let pinned = set.spec.injection_strategy.as_ref().and_then(|i| i.revision.as_ref());
+    let pinned_name = pinned.and_then(|p| p.revision_name.clone());
+    let pinned_version = pinned.and_then(|p| p.custom_version.clone()).and_then(|v| {
+        existing
+            .iter()
+            .filter(|r| r.metadata.labels.as_ref().and_then(|l| l.get(SIDECARSET_CUSTOM_VERSION_LABEL)) == Some(&v))
+            .max_by_key(|r| r.revision)
+            .and_then(|r| r.metadata.name.clone())
+    });
+    let protected = |n: &String| {
+        *n == plan.latest_revision
+            || in_use.contains(n)
+            || pinned_name.as_ref() == Some(n)
+            || pinned_version.as_ref() == Some(n)
+    };
+    let mut excess = kept.len().saturating_sub(limit);
+    for (n, _) in &kept {
+        if excess == 0 {
+            break;
+        }
+        if !protected(n) {
+            plan.delete.push(n.clone());
+            excess -= 1;
+        }
+    }
+    plan.kept_in_use = excess;
     plan
 }
 
@@ -188,7 +223,7 @@ mod tests {
     #[test]
     fn a_new_set_gets_one_labelled_owned_revision() {
         let set = set_with_secret("secret-1");
-        let plan = plan_revisions(&set, &[], "kruise-system");
+        let plan = plan_revisions(&set, &[], "kruise-system", &BTreeSet::new());
         let r = plan.create.as_ref().expect("a revision");
         let hash = revision_hash(&revision_bytes(&revision_data(&set)), None);
         assert_eq!(r.metadata.name.as_deref(), Some(format!("test-sidecarset-{hash}").as_str()));
@@ -206,7 +241,7 @@ mod tests {
             (1, r.metadata.name.as_deref().unwrap(), 0)
         );
         // Nothing more to do once it exists.
-        let again = plan_revisions(&set, &apply(vec![], &plan), "kruise-system");
+        let again = plan_revisions(&set, &apply(vec![], &plan), "kruise-system", &BTreeSet::new());
         assert_eq!((again.create, again.renumber, again.delete.len()), (None, None, 0));
     }
 
@@ -214,14 +249,15 @@ mod tests {
     fn history_is_capped_and_returning_to_an_old_spec_renumbers_it() {
         let mut revisions = Vec::new();
         for i in 1..=15 {
-            let plan = plan_revisions(&set_with_secret(&format!("secret-{i}")), &revisions, "kruise-system");
+            let plan =
+                plan_revisions(&set_with_secret(&format!("secret-{i}")), &revisions, "kruise-system", &BTreeSet::new());
             revisions = apply(revisions, &plan);
         }
         let mut numbers: Vec<i64> = revisions.iter().map(|r| r.revision).collect();
         numbers.sort();
         assert_eq!(numbers, (6..=15).collect::<Vec<_>>(), "10 kept, the newest ones");
 
-        let plan = plan_revisions(&set_with_secret("secret-12"), &revisions, "kruise-system");
+        let plan = plan_revisions(&set_with_secret("secret-12"), &revisions, "kruise-system", &BTreeSet::new());
         assert!(plan.create.is_none(), "no new object for a spec seen before");
         let (name, n) = plan.renumber.clone().expect("renumbered");
         assert_eq!(n, 16);
@@ -235,13 +271,48 @@ mod tests {
     #[test]
     fn a_taken_name_with_other_data_is_a_collision() {
         let set = set_with_secret("secret-1");
-        let mut squatter = plan_revisions(&set, &[], "kruise-system").create.unwrap();
+        let mut squatter = plan_revisions(&set, &[], "kruise-system", &BTreeSet::new()).create.unwrap();
         squatter.data = Some(RawExtension(json!({ "spec": { "containers": [] } })));
-        let plan = plan_revisions(&set, std::slice::from_ref(&squatter), "kruise-system");
+        let plan = plan_revisions(&set, std::slice::from_ref(&squatter), "kruise-system", &BTreeSet::new());
         assert_eq!(plan.collision_count, 1);
         let created = plan.create.expect("created under another name");
         assert_ne!(created.metadata.name, squatter.metadata.name);
         assert_eq!(created.revision, 2);
+    }
+
+    /// Spec scenario 36: 15 revisions, limit 10, pods referencing k old ones.
+    #[test]
+    fn revisions_in_use_survive_truncation() {
+        let mut revisions = Vec::new();
+        for i in 1..=15 {
+            // No truncation while building: everything is in use.
+            let all: BTreeSet<String> =
+                revisions.iter().filter_map(|r: &ControllerRevision| r.metadata.name.clone()).collect();
+            let plan = plan_revisions(&set_with_secret(&format!("secret-{i}")), &revisions, "kruise-system", &all);
+            revisions = apply(revisions, &plan);
+        }
+        assert_eq!(revisions.len(), 15);
+        let mut by_number = revisions.clone();
+        by_number.sort_by_key(|r| r.revision);
+        let name = |r: &ControllerRevision| r.metadata.name.clone().unwrap();
+        let current = set_with_secret("secret-15");
+        for k in [0usize, 3, 9, 10] {
+            let in_use: BTreeSet<String> = by_number.iter().take(k).map(name).collect();
+            let plan = plan_revisions(&current, &revisions, "kruise-system", &in_use);
+            let left = apply(revisions.clone(), &plan);
+            let want = if k <= 9 { 10 } else { 11 };
+            assert_eq!(left.len(), want, "k = {k}");
+            assert!(in_use.iter().all(|n| left.iter().any(|r| r.metadata.name.as_ref() == Some(n))), "k = {k}");
+            assert!(left.iter().any(|r| r.revision == 15), "the newest is never deleted");
+            assert_eq!(plan.kept_in_use, want - 10);
+        }
+        // A revision pinned by name is kept as well.
+        let mut pinned = current.clone();
+        pinned.spec.injection_strategy =
+            Some(serde_json::from_value(json!({"revision": {"revisionName": name(&by_number[0])}})).unwrap());
+        let plan = plan_revisions(&pinned, &revisions, "kruise-system", &BTreeSet::new());
+        assert!(!plan.delete.contains(&name(&by_number[0])));
+        assert_eq!(plan.delete.len(), 5);
     }
 
     #[test]

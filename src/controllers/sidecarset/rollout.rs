@@ -24,7 +24,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::budget::{RolloutGrants, ShardLedger, ShardReport, allocate, total_counts};
+use super::budget::{RolloutGrants, ShardLedger, ShardReport, allocate, revisions_in_use, total_counts};
 use super::injection::INJECTED_LIST;
 use super::planner::{RolloutCounts, pick, rolling, upgrade_order};
 use super::pod_state::{PodFacts, SetVersion, is_matched, is_updated};
@@ -294,7 +294,7 @@ impl RolloutContext {
         t.ledger.observe(grants.for_shard(&v.hash, shard.0));
         let before = t.ledger.report();
         let counts = RolloutCounts::of(facts);
-        t.ledger.record(namespace, counts);
+        t.ledger.record(namespace, counts, facts.iter().filter_map(|f| f.revision.clone()).collect());
         let mut picked = Vec::new();
         if rolling(v.set) && counts.waiting > 0 {
             let order = upgrade_order(v.set.spec.update_strategy.as_ref(), facts);
@@ -366,13 +366,7 @@ impl RolloutContext {
         {
             self.create_configmap(set).await?;
         }
-        let reports: BTreeMap<u32, ShardReport> = data
-            .iter()
-            .filter_map(|(k, val)| {
-                let shard: u32 = k.strip_prefix("shard-")?.parse().ok()?;
-                Some((shard, serde_json::from_str(val).ok()?))
-            })
-            .collect();
+        let reports = reports_in(&data);
         let counts = total_counts(&v.hash, &reports);
         if !rolling(set) {
             return Ok(counts);
@@ -407,6 +401,11 @@ impl RolloutContext {
         Ok(counts)
     }
 
+    /// The set revisions some shard reports its pods record (as last seen).
+    pub fn revisions_in_use(&self, set: &str) -> BTreeSet<String> {
+        revisions_in_use(&reports_in(&self.cached_data(set)))
+    }
+
     async fn create_configmap(&self, set: &SidecarSet) -> Result<(), ReconcileError> {
         let name = set.metadata.name.clone().unwrap_or_default();
         let body = json!({
@@ -437,9 +436,12 @@ impl RolloutContext {
             let grants_of = |set: &str| -> RolloutGrants {
                 self.cached_data(set).get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default()
             };
+            let sets: BTreeSet<String> = self.sets.state().iter().filter_map(|s| s.metadata.name.clone()).collect();
             let mut s = self.lock();
             let ownership = &self.ownership;
-            s.ledgers.retain(|(shard, _), t| ownership.epoch(*shard) == Some(t.epoch));
+            // Shards lost (or regained since: a new acquisition starts afresh) and sets deleted.
+            s.ledgers.retain(|(shard, set), t| ownership.epoch(*shard) == Some(t.epoch) && sets.contains(set));
+            s.pending.retain(|_, p| p.since.elapsed() <= PENDING_TIMEOUT);
             s.owned.retain(|_, o| ownership.epoch(self.space.shard_of_key("")) == Some(o.epoch));
             for ((shard, set), t) in s.ledgers.iter_mut() {
                 let cap_before = t.ledger.grant;
@@ -474,6 +476,16 @@ impl RolloutContext {
             }
         }
     }
+}
+
+/// The shards' reports in a rollout ConfigMap's data (unreadable ones are skipped).
+fn reports_in(data: &BTreeMap<String, String>) -> BTreeMap<u32, ShardReport> {
+    data.iter()
+        .filter_map(|(k, val)| {
+            let shard: u32 = k.strip_prefix("shard-")?.parse().ok()?;
+            Some((shard, serde_json::from_str(val).ok()?))
+        })
+        .collect()
 }
 
 /// The replica's rollout loop: reacts to set changes (every namespace recounts), to rollout
