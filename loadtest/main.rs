@@ -29,6 +29,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 mod admission;
+mod rollout;
 
 use cluster::process::{Component, http_get};
 use cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
@@ -51,6 +52,9 @@ enum Cmd {
     Admission(admission::AdmissionArgs),
     /// The pod webhook's decision (injection + JSON patch) timed in process, without a cluster.
     Injection(admission::InjectionArgs),
+    /// A SidecarSet image change rolled out in place over many pods on kwok nodes, against the
+    /// API server's own pod-patch throughput.
+    Rollout(rollout::RolloutArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -122,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Shards(args) => shards(args).await,
         Cmd::Admission(args) => admission::admission(args).await,
         Cmd::Injection(args) => admission::injection(args),
+        Cmd::Rollout(args) => rollout::rollout(args).await,
     }
 }
 

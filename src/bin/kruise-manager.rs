@@ -99,6 +99,10 @@ struct Flags {
     /// The Service in front of the webhooks.
     #[arg(long, env = "SERVICE_NAME", default_value = "kruise-webhook-service")]
     webhook_service_name: String,
+    /// Controllers to run, as kube-controller-manager's flag: `*` all, `name` one, `-name` not
+    /// that one (e.g. `*,-sidecarset`). Known: sidecarset. (The demo controller has its own flag.)
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
     /// Reconciles running at once per namespace.
     #[arg(long, default_value_t = 3)]
     namespace_concurrency: usize,
@@ -199,21 +203,24 @@ async fn main() -> anyhow::Result<()> {
     // the rollouts read them.
     let (all_sidecarsets, sidecarset_revisions) =
         kruise::webhook::server::watch_stores(&client, &flags.leader_election_namespace, webhook_caches);
-    if serves(&client, "apps.kruise.io/v1alpha1", "sidecarsets").await {
+    if !controller_enabled(&flags.controllers, "sidecarset") {
+        tracing::info!("the SidecarSet controller is disabled by --controllers");
+    } else if serves(&client, "apps.kruise.io/v1alpha1", "sidecarsets").await {
         use kruise::controllers::sidecarset::{controller, rollout};
         let store = ObjectStore::default();
         watches.push(controller::watch_spec(store.clone()));
         let pods = ObjectStore::default();
         watches.push(rollout::pods_watch_spec(pods.clone()));
-        let rollout_ctx = rollout::RolloutContext::new(
-            client.clone(),
-            flags.leader_election_namespace.clone(),
+        let rollout_ctx = rollout::RolloutContext::new(rollout::RolloutSources {
+            client: client.clone(),
+            namespace: flags.leader_election_namespace.clone(),
             space,
-            ownership.clone(),
+            ownership: ownership.clone(),
             pods,
-            all_sidecarsets.clone(),
-            rollout::watch_rollout_configmaps(&client, &flags.leader_election_namespace),
-        );
+            sets: all_sidecarsets.clone(),
+            rollouts: rollout::watch_rollout_configmaps(&client, &flags.leader_election_namespace),
+            metrics: rollout::RolloutMetrics::register(&registry)?,
+        });
         let revisions = controller::SidecarSetRevisions {
             client: client.clone(),
             rollout: rollout_ctx.clone(),
@@ -296,6 +303,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
     Ok(())
+}
+
+/// Whether `--controllers` enables `name`.
+fn controller_enabled(flag: &[String], name: &str) -> bool {
+    let listed = |n: &str| flag.iter().any(|f| f.trim() == n);
+    (listed("*") || listed(name)) && !listed(&format!("-{name}"))
 }
 
 /// Whether the API server serves `plural` in `api_version` (upstream skips a controller whose CRD

@@ -133,6 +133,7 @@ mod tests {
         assert_eq!(o.take_lapsed(Instant::now()), vec![ShardId(1)]);
         o.grant(ShardId(1), Instant::now() + Duration::from_secs(10));
         assert!(o.epoch(ShardId(1)).is_some_and(|e| Some(e) != first), "regained after a lapse: a new acquisition");
+        assert!(o.revoke(ShardId(1)));
         assert!(o.revoke(ShardId(2)));
         assert!(o.held().is_empty());
     }

@@ -189,7 +189,10 @@ async fn the_logtail_sidecar_is_upgraded_in_place() {
     })
     .await;
     assert_eq!(hashes["logtail-sidecarset"]["hash"], json!(v.hash));
-    drop(managers);
+    let m = &managers[0];
+    let updated = "kruise_sidecarset_pods{sidecarset=\"logtail-sidecarset\",state=\"updated_ready\"}";
+    assert_eq!(m.metric(updated).await, Some(1.0));
+    assert_eq!(m.metric("kruise_sidecarset_inplace_updates_total{result=\"success\"}").await, Some(1.0));
 }
 
 /// What a watch of the pods saw during a rollout to `v`: the most pods updated but not yet

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::ApiResource;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde_json::json;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -31,6 +32,7 @@ use super::pod_state::{PodFacts, SetVersion, is_matched, is_updated};
 use super::upgrade::upgrade_patch;
 use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
+use crate::runtime::metrics::MetricsRegistry;
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
@@ -85,6 +87,52 @@ pub fn watch_rollout_configmaps(client: &Client, namespace: &str) -> Store<Confi
     store
 }
 
+/// The rollout's metrics: the status of each set this replica coordinates, and the in-place
+/// updates this replica made.
+#[derive(Clone)]
+pub struct RolloutMetrics {
+    pods: IntGaugeVec,
+    updates: IntCounterVec,
+}
+
+impl RolloutMetrics {
+    pub fn register(registry: &MetricsRegistry) -> prometheus::Result<Self> {
+        let m = RolloutMetrics {
+            pods: IntGaugeVec::new(
+                Opts::new(
+                    "kruise_sidecarset_pods",
+                    "Pods of a SidecarSet by state (matched, updated, ready, updated_ready), as its coordinating replica last computed them",
+                ),
+                &["sidecarset", "state"],
+            )?,
+            updates: IntCounterVec::new(
+                Opts::new("kruise_sidecarset_inplace_updates_total", "In-place sidecar updates sent, by result"),
+                &["result"],
+            )?,
+        };
+        registry.register(&m.pods)?;
+        registry.register(&m.updates)?;
+        for result in ["success", "error"] {
+            m.updates.with_label_values(&[result]);
+        }
+        Ok(m)
+    }
+
+    fn set_status(&self, set: &str, c: &RolloutCounts) {
+        for (state, n) in
+            [("matched", c.matched), ("updated", c.updated), ("ready", c.ready), ("updated_ready", c.updated_ready)]
+        {
+            self.pods.with_label_values(&[set, state]).set(i64::from(n));
+        }
+    }
+
+    fn forget(&self, set: &str) {
+        for state in ["matched", "updated", "ready", "updated_ready"] {
+            let _ = self.pods.remove_label_values(&[set, state]);
+        }
+    }
+}
+
 /// A shard's ledger for one set, with what the glue keeps around it.
 struct Tracked {
     epoch: u64,
@@ -115,18 +163,35 @@ struct Shared {
     owned: HashMap<String, OwnedGrants>,
 }
 
-/// What the rollout's reconciles and its sync loop share.
+/// What the rollout reads and writes through.
 #[derive(Clone)]
-pub struct RolloutContext {
+pub struct RolloutSources {
     pub client: Client,
     /// The Kruise namespace (rollout ConfigMaps).
     pub namespace: String,
     pub space: ShardSpace,
     pub ownership: ShardOwnership,
+    /// Pods of the held shards (the WatchHub's store for [`pods_watch_spec`]).
     pub pods: ObjectStore,
+    /// Every SidecarSet.
     pub sets: Store<SidecarSet>,
+    /// Every rollout ConfigMap ([`watch_rollout_configmaps`]).
     pub rollouts: Store<ConfigMap>,
+    pub metrics: RolloutMetrics,
+}
+
+/// What the rollout's reconciles and its sync loop share.
+#[derive(Clone)]
+pub struct RolloutContext {
+    src: RolloutSources,
     shared: Arc<Mutex<Shared>>,
+}
+
+impl std::ops::Deref for RolloutContext {
+    type Target = RolloutSources;
+    fn deref(&self) -> &RolloutSources {
+        &self.src
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> ReconcileError {
@@ -138,16 +203,8 @@ fn now_rfc3339() -> String {
 }
 
 impl RolloutContext {
-    pub fn new(
-        client: Client,
-        namespace: String,
-        space: ShardSpace,
-        ownership: ShardOwnership,
-        pods: ObjectStore,
-        sets: Store<SidecarSet>,
-        rollouts: Store<ConfigMap>,
-    ) -> Self {
-        RolloutContext { client, namespace, space, ownership, pods, sets, rollouts, shared: Arc::default() }
+    pub fn new(src: RolloutSources) -> Self {
+        RolloutContext { src, shared: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -341,9 +398,13 @@ impl RolloutContext {
                 Pending { set: v.name.into(), hash: v.hash.clone(), since: Instant::now() },
             );
             match write(target, WriteOp::MergePatch(patch)).await {
-                Ok(()) => info!(set = v.name, pod = %format!("{ns}/{name}"), "upgraded sidecars in place"),
+                Ok(()) => {
+                    self.metrics.updates.with_label_values(&["success"]).inc();
+                    info!(set = v.name, pod = %format!("{ns}/{name}"), "upgraded sidecars in place");
+                }
                 // E.g. changed since it was read (409): the watch brings the news and a new round.
                 Err(e) => {
+                    self.metrics.updates.with_label_values(&["error"]).inc();
                     self.lock().pending.remove(&(ns, name));
                     return Err(err(e));
                 }
@@ -368,6 +429,7 @@ impl RolloutContext {
         }
         let reports = reports_in(&data);
         let counts = total_counts(&v.hash, &reports);
+        self.metrics.set_status(v.name, &counts);
         if !rolling(set) {
             return Ok(counts);
         }
@@ -442,7 +504,14 @@ impl RolloutContext {
             // Shards lost (or regained since: a new acquisition starts afresh) and sets deleted.
             s.ledgers.retain(|(shard, set), t| ownership.epoch(*shard) == Some(t.epoch) && sets.contains(set));
             s.pending.retain(|_, p| p.since.elapsed() <= PENDING_TIMEOUT);
-            s.owned.retain(|_, o| ownership.epoch(self.space.shard_of_key("")) == Some(o.epoch));
+            let metrics = &self.metrics;
+            s.owned.retain(|set, o| {
+                let keep = ownership.epoch(self.space.shard_of_key("")) == Some(o.epoch) && sets.contains(set);
+                if !keep {
+                    metrics.forget(set);
+                }
+                keep
+            });
             for ((shard, set), t) in s.ledgers.iter_mut() {
                 let cap_before = t.ledger.grant;
                 t.ledger.observe(grants_of(set).for_shard(&t.ledger.hash, shard.0));

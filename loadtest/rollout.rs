@@ -1,0 +1,320 @@
+//! `kruise-loadtest rollout`: a SidecarSet image change rolled out in place over many pods on kwok
+//! nodes, measured against the API server's own pod-patch throughput in the same cluster.
+//!
+//! For each pod count: a fresh control plane with kwok nodes (kwok's `container-image-update`
+//! stage restarts a container on its new image after 1 s), `replicas` kruise-managers, pods spread
+//! over `namespaces` namespaces, all injected by one SidecarSet. Measured: the baseline (a plain
+//! loop patching every pod once, `concurrency` at a time, as the managers' writers allow), then the
+//! rollout from the image change until status reports every pod updated and ready: total time,
+//! API writes per pod, peak RSS and CPU per replica.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::cluster::process::{Component, http_get};
+use crate::cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
+use crate::{machine, process_figures, scrape};
+
+const KRUISE_NS: &str = "kruise-system";
+
+#[derive(clap::Args, Clone)]
+pub struct RolloutArgs {
+    /// Pod counts to measure, each in a fresh cluster.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pods: Vec<usize>,
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    #[arg(long, default_value = "10%")]
+    max_unavailable: String,
+    /// kwok nodes the pods are spread over.
+    #[arg(long, default_value_t = 20)]
+    nodes: usize,
+    /// Requests in flight for pod creation and the baseline patch loop (the managers' default
+    /// `--kube-api-max-in-flight`).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Per-replica write budget; high, so the benchmark measures the controller, not the limit.
+    #[arg(long, default_value_t = 2000.0)]
+    kube_api_qps: f64,
+    #[arg(long, default_value_t = 2000)]
+    kube_api_burst: u32,
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+    #[arg(long)]
+    manager_bin: Option<std::path::PathBuf>,
+}
+
+fn sidecarsets() -> ApiResource {
+    ApiResource {
+        group: "apps.kruise.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "apps.kruise.io/v1alpha1".into(),
+        kind: "SidecarSet".into(),
+        plural: "sidecarsets".into(),
+    }
+}
+
+/// Namespace names that spread over shards: FNV-1a's top bits barely move when only the end of a
+/// name changes, so the index goes first.
+fn namespace_name(i: usize) -> String {
+    format!("{i:03}-rollout")
+}
+
+fn pod(name: &str, node: usize) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": "bench" } },
+        "spec": { "nodeName": crate::cluster::control_plane::node_name(node),
+                  "containers": [{ "name": "main", "image": "app:1" }] }
+    }))
+    .expect("pod")
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !check().await {
+        if started.elapsed() > timeout {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// `[matched, updated, ready, updatedReady]` and whether it describes the current generation.
+async fn status(sets: &Api<DynamicObject>) -> ([i64; 4], bool) {
+    let Ok(s) = sets.get("bench").await else { return ([0; 4], false) };
+    let st = &s.data["status"];
+    let n = |k: &str| st[k].as_i64().unwrap_or(0);
+    let observed = st["observedGeneration"].as_i64() == s.metadata.generation;
+    ([n("matchedPods"), n("updatedPods"), n("readyPods"), n("updatedReadyPods")], observed)
+}
+
+struct Figures {
+    pods: usize,
+    create_secs: f64,
+    baseline_secs: f64,
+    rollout_secs: f64,
+    pod_writes: f64,
+    other_writes: f64,
+    peak_rss_mib: Vec<f64>,
+    cpu_secs: Vec<f64>,
+    apiserver_cpu: f64,
+}
+
+pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
+    let manager = crate::manager_binary(args.manager_bin.as_deref())?;
+    println!(
+        "# kruise-loadtest rollout: {} replicas, {} namespaces, {} kwok nodes, maxUnavailable {}",
+        args.replicas, args.namespaces, args.nodes, args.max_unavailable
+    );
+    println!("machine: {}; manager: {}", machine(), manager.display());
+    let mut results = Vec::new();
+    for &pods in &args.pods {
+        results.push(measure(&args, &manager, pods).await?);
+    }
+    println!(
+        "\n| pods | create s | baseline: patch every pod once, s | patches/s | rollout s | rollout ÷ baseline | pod writes/pod | other writes | peak RSS MiB per replica | CPU s per replica | apiserver CPU s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for f in &results {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} |",
+            f.pods,
+            f.create_secs,
+            f.baseline_secs,
+            f.pods as f64 / f.baseline_secs,
+            f.rollout_secs,
+            f.rollout_secs / f.baseline_secs,
+            f.pod_writes / f.pods as f64,
+            f.other_writes,
+            f.peak_rss_mib.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join("/"),
+            f.cpu_secs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join("/"),
+            f.apiserver_cpu,
+        );
+    }
+    Ok(())
+}
+
+async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> anyhow::Result<Figures> {
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let cp = ControlPlane::start(ControlPlaneConfig {
+        name: format!("rollout-{pods}"),
+        nodes: args.nodes,
+        scheduler: false,
+        controller_manager: true,
+        lifetime: Lifetime::TiedToProcess,
+        startup_timeout: Duration::from_secs(300),
+        ..Default::default()
+    })
+    .await
+    .context("starting the control plane")?;
+    let client = cp.admin_client().await?;
+    crate::cluster::control_plane::install_crds(&client, "kruise-loadtest").await?;
+    let ns = |name: &str| Namespace {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(KRUISE_NS)).await?;
+    let (m, v) = kruise::webhook::configuration::configurations(KRUISE_NS, "kruise-webhook-service");
+    Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &m).await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &v).await?;
+
+    let mut replicas = Vec::new();
+    for i in 0..args.replicas {
+        let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
+        let flags = vec![
+            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+            format!("--identity=rollout-{i}"),
+            format!("--leader-election-namespace={KRUISE_NS}"),
+            format!("--metrics-addr={metrics_addr}"),
+            format!("--health-probe-addr={metrics_addr}"),
+            "--webhook-port=0".to_string(),
+            "--webhook-host=127.0.0.1".to_string(),
+            format!("--kube-api-qps={}", args.kube_api_qps),
+            format!("--kube-api-burst={}", args.kube_api_burst),
+        ];
+        let process = Component::spawn(
+            &format!("rollout-{i}"),
+            manager,
+            &flags,
+            &cp.dir().join("logs"),
+            Lifetime::TiedToProcess,
+        )?;
+        replicas.push((metrics_addr, process));
+    }
+    for (addr, _) in &replicas {
+        wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
+    }
+
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &sidecarsets());
+    let set = |image: &str| -> anyhow::Result<DynamicObject> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+            "metadata": { "name": "bench" },
+            "spec": {
+                "selector": { "matchLabels": { "app": "bench" } },
+                "updateStrategy": { "maxUnavailable": args.max_unavailable },
+                "containers": [{ "name": "proxy", "image": image }]
+            }
+        }))?)
+    };
+    sets.create(&PostParams::default(), &set("proxy:1")?).await?;
+    let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
+    for n in &names {
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(n)).await?;
+    }
+    for n in &names {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), n);
+        wait_for("the default ServiceAccounts", timeout, async || {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await?;
+    }
+    // Every replica's webhook must see the set: probe pods until injected several times in a row.
+    let probe: Api<Pod> = Api::namespaced(client.clone(), &names[0]);
+    let mut injected_in_a_row = 0;
+    let mut i = 0;
+    wait_for("the webhooks to see the SidecarSet", timeout, async || {
+        i += 1;
+        let p = probe.create(&PostParams::default(), &pod(&format!("probe-{i}"), 0)).await;
+        let ok = p.ok().and_then(|p| p.spec).is_some_and(|s| s.containers.len() == 2);
+        let _ = probe.delete(&format!("probe-{i}"), &Default::default()).await;
+        injected_in_a_row = if ok { injected_in_a_row + 1 } else { 0 };
+        injected_in_a_row >= 10
+    })
+    .await?;
+
+    let started = Instant::now();
+    let creations = futures::stream::iter(0..pods).map(|i| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &names[i % names.len()]);
+        let p = pod(&format!("bench-{i}"), i % args.nodes.max(1));
+        async move { api.create(&PostParams::default(), &p).await }
+    });
+    let created: Vec<_> = creations.buffer_unordered(args.concurrency).collect().await;
+    for c in created {
+        c.context("creating a pod")?;
+    }
+    let create_secs = started.elapsed().as_secs_f64();
+    let n = pods as i64;
+    wait_for("every pod injected, running and ready", timeout, async || status(&sets).await.0 == [n, n, n, n]).await?;
+
+    // Baseline: the API server's own throughput for pod patches, `concurrency` at a time.
+    let started = Instant::now();
+    let patches = futures::stream::iter(0..pods).map(|i| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &names[i % names.len()]);
+        async move {
+            let patch = json!({ "metadata": { "annotations": { "kruise-loadtest/touched": "1" } } });
+            api.patch(&format!("bench-{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await
+        }
+    });
+    let patched: Vec<_> = patches.buffer_unordered(args.concurrency).collect().await;
+    for p in patched {
+        p.context("baseline patch")?;
+    }
+    let baseline_secs = started.elapsed().as_secs_f64();
+
+    let writes = async || {
+        let mut pod_writes = 0.0;
+        let mut all = 0.0;
+        for (addr, _) in &replicas {
+            let s = scrape(addr).await;
+            pod_writes += s.sum("kruise_writer_requests_total", "resource=\"pods\"");
+            all += s.sum("kruise_writer_requests_total", "");
+        }
+        (pod_writes, all)
+    };
+    let apiserver_cpu = || {
+        cp.pids()
+            .into_iter()
+            .filter(|(name, _)| name == "kube-apiserver")
+            .map(|(_, pid)| process_figures(pid).1)
+            .sum::<f64>()
+    };
+    let (pods_before, all_before) = writes().await;
+    let api_before = apiserver_cpu();
+    let started = Instant::now();
+    let patch = json!({ "spec": { "containers": [{ "name": "proxy", "image": "proxy:2" }] } });
+    sets.patch("bench", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    wait_for("the rollout", timeout, async || {
+        let (s, observed) = status(&sets).await;
+        observed && s == [n, n, n, n]
+    })
+    .await?;
+    let rollout_secs = started.elapsed().as_secs_f64();
+    let (pods_after, all_after) = writes().await;
+    let apiserver_cpu = apiserver_cpu() - api_before;
+    let figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
+    for (_, mut p) in replicas {
+        p.stop(Duration::from_secs(10));
+    }
+    let f = Figures {
+        pods,
+        create_secs,
+        baseline_secs,
+        rollout_secs,
+        pod_writes: pods_after - pods_before,
+        other_writes: (all_after - all_before) - (pods_after - pods_before),
+        peak_rss_mib: figures.iter().map(|f| f.0).collect(),
+        cpu_secs: figures.iter().map(|f| f.1).collect(),
+        apiserver_cpu,
+    };
+    println!(
+        "\n{} pods: created in {:.1}s; baseline {:.1}s; rollout {:.1}s ({:.2}× baseline), {:.2} pod writes per pod",
+        pods,
+        f.create_secs,
+        f.baseline_secs,
+        f.rollout_secs,
+        f.rollout_secs / f.baseline_secs,
+        f.pod_writes / pods as f64
+    );
+    Ok(f)
+}
