@@ -207,7 +207,12 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
             }
         }))?)
     };
-    sets.create(&PostParams::default(), &set("proxy:1")?).await?;
+    // The configurations point at a replica with its CA once the leader has synced them.
+    let bench_set = set("proxy:1")?;
+    wait_for("the SidecarSet webhooks to answer", timeout, async || {
+        sets.create(&PostParams::default(), &bench_set).await.is_ok()
+    })
+    .await?;
     let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
     for n in &names {
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(n)).await?;
