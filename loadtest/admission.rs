@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
@@ -14,8 +14,8 @@ use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
 use serde_json::json;
 
+use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
 use crate::{Scrape, machine, scrape};
 
 #[derive(clap::Args, Clone)]
@@ -34,7 +34,6 @@ pub struct AdmissionArgs {
     manager_bin: Option<PathBuf>,
 }
 
-const KRUISE_NS: &str = "kruise-system";
 const PATH: &str = "/mutate-pod";
 
 fn sidecarsets() -> ApiResource {
@@ -122,37 +121,14 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
     let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     println!("# kruise-loadtest admission: {} pods per configuration at {}/s", args.pods, args.rate);
     println!("machine: {}; manager: {}", machine(), manager.display());
-    let cp = ControlPlane::start(ControlPlaneConfig {
-        name: "admission".into(),
-        nodes: 0,
-        scheduler: false,
-        controller_manager: true,
-        lifetime: Lifetime::TiedToProcess,
-        ..Default::default()
-    })
-    .await
-    .context("starting the control plane")?;
-    let client = cp.admin_client().await?;
-    crate::cluster::control_plane::install_crds(&client, "kruise-loadtest").await?;
+    let (cp, client) = crate::webhook_control_plane("admission", 0, Duration::from_secs(120)).await?;
     let ns = |name: &str| Namespace {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         ..Default::default()
     };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(KRUISE_NS)).await?;
-    let (m, v) = kruise::webhook::configuration::configurations(KRUISE_NS, "kruise-webhook-service");
-    Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &m).await?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &v).await?;
 
     let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
-    let flags = vec![
-        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
-        "--identity=admission-bench".to_string(),
-        format!("--leader-election-namespace={KRUISE_NS}"),
-        format!("--metrics-addr={metrics_addr}"),
-        format!("--health-probe-addr={metrics_addr}"),
-        "--webhook-port=0".to_string(),
-        "--webhook-host=127.0.0.1".to_string(),
-    ];
+    let flags = crate::manager_flags(&cp, "admission-bench", &metrics_addr);
     let mut process = Component::spawn("manager", &manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
     let port = webhook_port(&process.log).await?;
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());

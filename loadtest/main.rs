@@ -148,6 +148,54 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
 }
 
+/// A fresh control plane with `nodes` kwok nodes, the CRDs, the Kruise namespace and the chart's
+/// webhook configurations (which the managers' leader points at itself).
+async fn webhook_control_plane(
+    name: &str,
+    nodes: usize,
+    startup_timeout: Duration,
+) -> anyhow::Result<(ControlPlane, Client)> {
+    use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+    let cp = ControlPlane::start(ControlPlaneConfig {
+        name: name.into(),
+        nodes,
+        scheduler: false,
+        // Creates the namespaces' default ServiceAccounts, without which pods are refused.
+        controller_manager: true,
+        lifetime: Lifetime::TiedToProcess,
+        startup_timeout,
+        ..Default::default()
+    })
+    .await
+    .context("starting the control plane")?;
+    let client = cp.admin_client().await?;
+    cluster::control_plane::install_crds(&client, "kruise-loadtest").await?;
+    let ns =
+        Namespace { metadata: ObjectMeta { name: Some(KRUISE_NS.into()), ..Default::default() }, ..Default::default() };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    let (m, v) = kruise::webhook::configuration::configurations(KRUISE_NS, "kruise-webhook-service");
+    Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &m).await?;
+    Api::<ValidatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &v).await?;
+    Ok((cp, client))
+}
+
+/// The Kruise namespace of the benchmarks' clusters.
+const KRUISE_NS: &str = "kruise-system";
+
+/// The flags every benchmark's kruise-manager gets: admin access to `cp`, its identity and
+/// metrics address, and a webhook on a free local port.
+fn manager_flags(cp: &ControlPlane, identity: &str, metrics_addr: &str) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+        format!("--identity={identity}"),
+        format!("--leader-election-namespace={KRUISE_NS}"),
+        format!("--metrics-addr={metrics_addr}"),
+        format!("--health-probe-addr={metrics_addr}"),
+        "--webhook-port=0".to_string(),
+        "--webhook-host=127.0.0.1".to_string(),
+    ]
+}
+
 /// The kruise-manager to run: `--manager-bin`, else the one next to this binary.
 fn manager_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     let manager = match flag {

@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
 use crate::{machine, process_figures, scrape};
-
-const KRUISE_NS: &str = "kruise-system";
 
 #[derive(clap::Args, Clone)]
 pub struct RolloutArgs {
@@ -146,42 +143,19 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> anyhow::Result<Figures> {
     let timeout = Duration::from_secs(args.timeout_secs);
-    let cp = ControlPlane::start(ControlPlaneConfig {
-        name: format!("rollout-{pods}"),
-        nodes: args.nodes,
-        scheduler: false,
-        controller_manager: true,
-        lifetime: Lifetime::TiedToProcess,
-        startup_timeout: Duration::from_secs(300),
-        ..Default::default()
-    })
-    .await
-    .context("starting the control plane")?;
-    let client = cp.admin_client().await?;
-    crate::cluster::control_plane::install_crds(&client, "kruise-loadtest").await?;
+    let (cp, client) =
+        crate::webhook_control_plane(&format!("rollout-{pods}"), args.nodes, Duration::from_secs(300)).await?;
     let ns = |name: &str| Namespace {
         metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         ..Default::default()
     };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(KRUISE_NS)).await?;
-    let (m, v) = kruise::webhook::configuration::configurations(KRUISE_NS, "kruise-webhook-service");
-    Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &m).await?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &v).await?;
 
     let mut replicas = Vec::new();
     for i in 0..args.replicas {
         let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
-        let flags = vec![
-            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
-            format!("--identity=rollout-{i}"),
-            format!("--leader-election-namespace={KRUISE_NS}"),
-            format!("--metrics-addr={metrics_addr}"),
-            format!("--health-probe-addr={metrics_addr}"),
-            "--webhook-port=0".to_string(),
-            "--webhook-host=127.0.0.1".to_string(),
-            format!("--kube-api-qps={}", args.kube_api_qps),
-            format!("--kube-api-burst={}", args.kube_api_burst),
-        ];
+        let mut flags = crate::manager_flags(&cp, &format!("rollout-{i}"), &metrics_addr);
+        flags.push(format!("--kube-api-qps={}", args.kube_api_qps));
+        flags.push(format!("--kube-api-burst={}", args.kube_api_burst));
         let process = Component::spawn(
             &format!("rollout-{i}"),
             manager,

@@ -63,13 +63,13 @@ async fn namespace(client: &Client, name: &str) {
     .await;
 }
 
-/// A pod on a kwok node (no scheduler needed).
-fn pod_body(name: &str, labels: serde_json::Value, node: usize) -> serde_json::Value {
+/// A pod on the first kwok node (no scheduler needed).
+fn pod_body(name: &str, labels: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": name, "labels": labels },
         "spec": {
-            "nodeName": node_name(node),
+            "nodeName": node_name(0),
             "containers": [{
                 "name": "nginx", "image": "nginx:1.25",
                 "env": [{ "name": "TZ", "value": "Asia/Shanghai" }],
@@ -110,23 +110,8 @@ async fn the_logtail_sidecar_is_upgraded_in_place() {
         }
     });
     create(&client, "sidecarsets", "SidecarSet", None, set).await.expect("logtail-sidecarset");
-    // The pod webhook reads sets from a watch: retry until the new set is seen.
-    let mut created = None;
-    for i in 0..40 {
-        let pod = create_pod(&client, "default", pod_body(&format!("test-pod-{i}"), json!({"app": "nginx"}), 0))
-            .await
-            .expect("pod admitted");
-        if annotation(&pod, "kruise.io/sidecarset-injected-list") == Some("logtail-sidecarset") {
-            created = Some(pod);
-            break;
-        }
-        Api::<Pod>::namespaced(client.clone(), "default")
-            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &Default::default())
-            .await
-            .expect("delete uninjected pod");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let created = created.expect("an injected pod");
+    injected_pods(&client, "default", "logtail-sidecarset", &["test-pod"], |_| json!({"app": "nginx"})).await;
+    let created = Api::<Pod>::namespaced(client.clone(), "default").get("test-pod").await.expect("test-pod");
     let pod_name = created.metadata.name.clone().unwrap_or_default();
     let uid = created.metadata.uid.clone();
     let names: Vec<&str> = created.spec.as_ref().unwrap().containers.iter().map(|c| c.name.as_str()).collect();
@@ -279,27 +264,8 @@ async fn budgets_hold_across_replicas_and_a_killed_owner() {
         }
     });
     create(&client, "sidecarsets", "SidecarSet", None, set.clone()).await.expect("mesh");
-    // The webhook of every replica must see the set before pods are created.
-    for (i, ns) in namespaces.iter().enumerate() {
-        for j in 0..2 {
-            let name = format!("web-{j}");
-            let mut pod = None;
-            for attempt in 0..40 {
-                let p =
-                    create_pod(&client, ns, pod_body(&name, json!({"app": "web"}), (i + j) % 2)).await.expect("pod");
-                if annotation(&p, "kruise.io/sidecarset-injected-list") == Some("mesh") {
-                    pod = Some(p);
-                    break;
-                }
-                Api::<Pod>::namespaced(client.clone(), ns).delete(&name, &Default::default()).await.expect("delete");
-                eventually(WAIT, "the uninjected pod to go", || async {
-                    Api::<Pod>::namespaced(client.clone(), ns).get_opt(&name).await.ok().flatten().is_none()
-                })
-                .await;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            pod.expect("an injected pod");
-        }
+    for ns in &namespaces {
+        injected_pods(&client, ns, "mesh", &["web-0", "web-1"], |_| json!({"app": "web"})).await;
     }
     wait_status(&client, "mesh", [48, 48, 48, 48]).await;
 
@@ -379,7 +345,7 @@ async fn injected_pods(
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     for name in names {
         for attempt in 0..40 {
-            let p = create_pod(client, namespace, pod_body(name, labels(name), 0)).await.expect("pod");
+            let p = create_pod(client, namespace, pod_body(name, labels(name))).await.expect("pod");
             if annotation(&p, "kruise.io/sidecarset-injected-list") == Some(set) {
                 break;
             }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::ApiResource;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::budget::{RolloutGrants, ShardLedger, ShardReport, allocate, revisions_in_use, total_counts};
 use super::injection::INJECTED_LIST;
 use super::planner::{RolloutCounts, pick, rolling, upgrade_order};
-use super::pod_state::{PodFacts, SetVersion, is_matched, is_updated};
+use super::pod_state::{PodFacts, SetVersion, is_matched};
 use super::upgrade::upgrade_patch;
 use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
@@ -156,8 +156,19 @@ struct OwnedGrants {
     grants: RolloutGrants,
 }
 
+/// What was read off one pod for one set, kept while neither changes: most events change one pod
+/// of a namespace, and a reconcile reads them all.
+struct CachedFacts {
+    pod_version: String,
+    set_version: String,
+    /// `None`: not matched.
+    facts: Option<PodFacts>,
+}
+
 #[derive(Default)]
 struct Shared {
+    /// Per namespace, by (pod, set).
+    facts: HashMap<String, HashMap<(String, String), CachedFacts>>,
     ledgers: HashMap<(ShardId, String), Tracked>,
     pending: HashMap<(String, String), Pending>,
     owned: HashMap<String, OwnedGrants>,
@@ -279,27 +290,51 @@ impl RolloutContext {
         let shard = self.space.shard_of_key(namespace);
         let Some(epoch) = self.ownership.epoch(shard) else { return Ok(Action::Done) };
         // Only pods some set injected into.
-        let pods: Vec<Pod> = self
+        let objects: Vec<Arc<DynamicObject>> = self
             .pods
             .in_namespace(namespace)
-            .iter()
+            .into_iter()
             .filter(|o| o.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(INJECTED_LIST)))
-            .filter_map(|o| serde_json::to_value(&**o).ok().and_then(|v| serde_json::from_value(v).ok()))
             .collect();
+        // One reconcile per namespace at a time: its cache is ours until we put it back.
+        let mut cached = self.lock().facts.remove(namespace).unwrap_or_default();
+        let mut fresh = HashMap::with_capacity(cached.len());
+        let mut converted: HashMap<String, Arc<Pod>> = HashMap::new();
         let mut requeue = None;
+        let mut outcome = Ok(());
         for set in self.sets.state() {
             let v = SetVersion::new(&set);
-            let matched: Vec<&Pod> = pods.iter().filter(|p| is_matched(&v, p)).collect();
+            let set_version = format!("{}/{}", set.metadata.generation.unwrap_or_default(), v.hash);
+            let mut matched: Vec<(&Arc<DynamicObject>, PodFacts)> = Vec::new();
+            for o in &objects {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let pod_version = o.metadata.resource_version.clone().unwrap_or_default();
+                let key = (name.clone(), v.name.to_string());
+                let facts = match cached.remove(&key) {
+                    Some(c) if c.pod_version == pod_version && c.set_version == set_version => c.facts,
+                    _ => {
+                        let Some(pod) = pod_of(&mut converted, o) else { continue };
+                        is_matched(&v, &pod).then(|| PodFacts::of(&v, &pod))
+                    }
+                };
+                if let Some(f) = &facts {
+                    matched.push((o, self.with_pending(&v, (namespace, &name), f.clone())));
+                }
+                fresh.insert(key, CachedFacts { pod_version, set_version: set_version.clone(), facts });
+            }
             let known = self.lock().ledgers.contains_key(&(shard, v.name.to_string()));
             if matched.is_empty() && !known {
                 continue;
             }
-            self.ensure_ledger(shard, epoch, v.name, &v.hash).await.map_err(err)?;
-            let facts: Vec<PodFacts> = matched.iter().map(|p| self.facts_with_pending(&v, p)).collect();
+            if let Err(e) = self.ensure_ledger(shard, epoch, v.name, &v.hash).await {
+                outcome = Err(err(e));
+                break;
+            }
+            let facts: Vec<PodFacts> = matched.iter().map(|(_, f)| f.clone()).collect();
             let picked = self.take_budget(shard, epoch, namespace, &v, &facts);
             if !picked.is_empty() {
-                let patched = self.upgrade(shard, epoch, &v, picked.iter().map(|&i| matched[i])).await;
-                if let Err(e) = patched {
+                let pods: Vec<Arc<Pod>> = picked.iter().filter_map(|&i| pod_of(&mut converted, matched[i].0)).collect();
+                if let Err(e) = self.upgrade(shard, epoch, &v, pods.iter().map(|p| &**p)).await {
                     warn!(set = v.name, namespace, error = %e, "in-place upgrade failed; retrying");
                     requeue = Some(Duration::from_secs(1));
                 }
@@ -309,17 +344,18 @@ impl RolloutContext {
                 requeue = requeue.or(Some(Duration::from_secs(5)));
             }
         }
+        self.lock().facts.insert(namespace.to_string(), fresh);
+        outcome?;
         Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
     }
 
-    /// The pod's facts, with a pod this replica already patched counted as updated and in flight
-    /// until the cache shows it.
-    fn facts_with_pending(&self, v: &SetVersion, pod: &Pod) -> PodFacts {
-        let mut f = PodFacts::of(v, pod);
-        let key = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+    /// `f` of pod `key`, counted as updated and in flight if this replica already patched it and
+    /// the cache does not show it yet.
+    fn with_pending(&self, v: &SetVersion, key: (&str, &str), mut f: PodFacts) -> PodFacts {
+        let key = (key.0.to_string(), key.1.to_string());
         let mut s = self.lock();
         if let Some(p) = s.pending.get(&key).filter(|p| p.set == v.name) {
-            if is_updated(v, pod) || p.hash != v.hash || p.since.elapsed() > PENDING_TIMEOUT {
+            if f.updated || p.hash != v.hash || p.since.elapsed() > PENDING_TIMEOUT {
                 s.pending.remove(&key);
             } else {
                 f.updated = true;
@@ -504,6 +540,8 @@ impl RolloutContext {
             // Shards lost (or regained since: a new acquisition starts afresh) and sets deleted.
             s.ledgers.retain(|(shard, set), t| ownership.epoch(*shard) == Some(t.epoch) && sets.contains(set));
             s.pending.retain(|_, p| p.since.elapsed() <= PENDING_TIMEOUT);
+            let space = self.space;
+            s.facts.retain(|ns, _| ownership.holds(space.shard_of_key(ns)));
             let metrics = &self.metrics;
             s.owned.retain(|set, o| {
                 let keep = ownership.epoch(self.space.shard_of_key("")) == Some(o.epoch) && sets.contains(set);
@@ -545,6 +583,18 @@ impl RolloutContext {
             }
         }
     }
+}
+
+/// The typed pod of a cached object, converted once per reconcile.
+fn pod_of(converted: &mut HashMap<String, Arc<Pod>>, o: &DynamicObject) -> Option<Arc<Pod>> {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    if let Some(p) = converted.get(&name) {
+        return Some(p.clone());
+    }
+    let pod: Pod = serde_json::to_value(o).ok().and_then(|v| serde_json::from_value(v).ok())?;
+    let pod = Arc::new(pod);
+    converted.insert(name, pod.clone());
+    Some(pod)
 }
 
 /// The shards' reports in a rollout ConfigMap's data (unreadable ones are skipped).
