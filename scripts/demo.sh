@@ -48,6 +48,9 @@ echo "==> kruise CRDs" >&2
 kubectl apply --server-side --field-manager=kruise-demo -f deploy/helm/kruise/crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s -f deploy/helm/kruise/crds/ >/dev/null
 kubectl get crd -o custom-columns=CRD:.metadata.name,SCOPE:.spec.scope | grep -E "CRD|kruise.io"
+# Webhook configurations of an earlier run point at replicas that are gone; they come back below.
+kubectl delete mutatingwebhookconfiguration kruise-mutating-webhook-configuration --ignore-not-found >/dev/null
+kubectl delete validatingwebhookconfiguration kruise-validating-webhook-configuration --ignore-not-found >/dev/null
 echo "==> the example manifests (examples/), as kubectl shows them" >&2
 kubectl apply --server-side --field-manager=kruise-demo -f examples/ >/dev/null
 kubectl get sidecarsets,clonesets,daemonsets.apps.kruise.io,broadcastjobs,advancedcronjobs,imagepulljobs,workloadspreads -A
@@ -106,6 +109,72 @@ done
 echo "Each is stamped by the replica that holds its namespace's shard:"
 kubectl get configmaps -A -l kruise.io/demo=true \
   -o custom-columns='NAMESPACE:.metadata.namespace,NAME:.metadata.name,RECONCILED-BY:.metadata.annotations.kruise\.io/demo-reconciled-by'
+
+echo
+echo "==> SidecarSet logtail (examples/): injected into new pods, then upgraded in place" >&2
+# The webhook configurations; the leader points them at itself and keeps the CA current.
+target/debug/kruise-manager webhook-configurations | kubectl create -f - >/dev/null 2>&1 || true
+for _ in $(seq 100); do
+  url=$(kubectl get mutatingwebhookconfiguration kruise-mutating-webhook-configuration \
+    -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null || true)
+  [[ "$url" == https://127.0.0.1:* ]] && break
+  sleep 0.3
+done
+# Applied again now that the webhooks answer: stored defaulted and hashed, as pods will record it
+# (applied before, it was stored as written; its first defaulting would look like a non-image
+# change, which is never upgraded in place).
+kubectl apply --server-side --field-manager=kruise-demo -f examples/sidecarset-logtail.yaml >/dev/null
+kubectl delete pods -n media -l logging=enabled --wait=true >/dev/null 2>&1 || true
+logtail_pod() {  # name, app, node
+  cat <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: media
+  labels: {logging: enabled, app_name: $2, app-container: main}
+spec:
+  nodeName: kwok-node-$3
+  containers:
+  - name: main
+    image: $2:1.0
+    env: [{name: TZ, value: Europe/Berlin}, {name: CLUSTER_NAME, value: demo}, {name: REGION, value: local}]
+    volumeMounts: [{name: app-logs, mountPath: /var/log/app}]
+  volumes: [{name: app-logs, emptyDir: {}}]
+YAML
+}
+i=0
+for app in nginx nginx web-server web-server; do
+  name="$app-$i"
+  for _ in $(seq 40); do  # the webhook reads SidecarSets from a watch: retry until it has seen logtail
+    logtail_pod "$name" "$app" $((i % NODES)) | kubectl apply -f - >/dev/null
+    kubectl get pod -n media "$name" -o jsonpath='{.spec.containers[*].name}' | grep -qw logtail && break
+    kubectl delete pod -n media "$name" --wait=true >/dev/null
+    sleep 0.3
+  done
+  i=$((i + 1))
+done
+wait_status() {  # updatedReadyPods wanted, for the current generation
+  for _ in $(seq 150); do
+    got=$(kubectl get sidecarset logtail -o jsonpath='{.metadata.generation}/{.status.observedGeneration}/{.status.updatedReadyPods}')
+    [[ "$got" == */*/"$1" && "${got%%/*}" == "$(cut -d/ -f2 <<<"$got")" ]] && return 0
+    sleep 0.2
+  done
+  echo "the SidecarSet did not reach $1 updated and ready pods; logs: $demo" >&2; exit 1
+}
+wait_status 4
+kubectl get sidecarset logtail
+echo "Pods, each with logtail injected (note AfterAppContainer and the transferred env):"
+kubectl get pods -n media -l logging=enabled -o custom-columns='POD:.metadata.name,CONTAINERS:.spec.containers[*].name,LOGTAIL:.spec.containers[?(@.name=="logtail")].image'
+echo "New image 2.4.2: kruise-rs restarts only the logtail containers, 10% of the pods at a time:"
+sed 's/logtail:2.4.1/logtail:2.4.2/' examples/sidecarset-logtail.yaml |
+  kubectl apply --server-side --field-manager=kruise-demo -f - >/dev/null
+wait_status 4
+kubectl get sidecarset logtail
+kubectl get pods -n media -l logging=enabled -o custom-columns='POD:.metadata.name,LOGTAIL:.spec.containers[?(@.name=="logtail")].image,LOGTAIL-RESTARTS:.status.containerStatuses[?(@.name=="logtail")].restartCount,MAIN-RESTARTS:.status.containerStatuses[?(@.name=="main")].restartCount'
+# Back to the example's version, so a re-run starts where it says.
+kubectl apply --server-side --field-manager=kruise-demo -f examples/sidecarset-logtail.yaml >/dev/null
+
 echo
 echo "kruise-daemon  http://127.0.0.1:10221/metrics:"
 curl -fsS http://127.0.0.1:10221/metrics | grep -E '^kruise_daemon_nodes_served ' | sed 's/^/    /'

@@ -116,6 +116,15 @@ enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Print the admission webhook configurations (pointing at the Service, placeholder CA) that
+    /// a running manager keeps up to date.
+    WebhookConfigurations {
+        /// The namespace of the webhook Service.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kruise-system")]
+        namespace: String,
+        #[arg(long, env = "SERVICE_NAME", default_value = "kruise-webhook-service")]
+        service: String,
+    },
 }
 
 /// `kruise-manager crds`: the CRDs as YAML, to stdout or as files.
@@ -143,8 +152,14 @@ fn default_identity() -> String {
 async fn main() -> anyhow::Result<()> {
     kruise::runtime::logging::init("info");
     let flags = Flags::parse();
-    if let Some(Command::Crds { out }) = &flags.command {
-        return write_crds(out.as_deref());
+    match &flags.command {
+        Some(Command::Crds { out }) => return write_crds(out.as_deref()),
+        Some(Command::WebhookConfigurations { namespace, service }) => {
+            let (m, v) = kruise::webhook::configuration::configurations(namespace, service);
+            print!("---\n{}---\n{}", serde_norway::to_string(&m)?, serde_norway::to_string(&v)?);
+            return Ok(());
+        }
+        None => {}
     }
     let space = ShardSpace::new(flags.shards)?;
     let timings = LeaseTimings {
