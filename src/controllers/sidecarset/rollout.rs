@@ -304,7 +304,7 @@ impl RolloutContext {
         let mut outcome = Ok(());
         for set in self.sets.state() {
             let v = SetVersion::new(&set);
-            let set_version = format!("{}/{}", set.metadata.generation.unwrap_or_default(), v.hash);
+            let set_version = spec_version(&set);
             let mut matched: Vec<(&Arc<DynamicObject>, PodFacts)> = Vec::new();
             for o in &objects {
                 let name = o.metadata.name.clone().unwrap_or_default();
@@ -585,6 +585,13 @@ impl RolloutContext {
     }
 }
 
+/// What identifies a set's spec as the rollout reads it: its generation and its hash (the
+/// webhook writes the hash annotations, which do not bump the generation).
+fn spec_version(set: &SidecarSet) -> String {
+    let hash = set.metadata.annotations.as_ref().and_then(|a| a.get(super::injection::SIDECARSET_HASH));
+    format!("{}/{}", set.metadata.generation.unwrap_or_default(), hash.map_or("", String::as_str))
+}
+
 /// The typed pod of a cached object, converted once per reconcile.
 fn pod_of(converted: &mut HashMap<String, Arc<Pod>>, o: &DynamicObject) -> Option<Arc<Pod>> {
     let name = o.metadata.name.clone().unwrap_or_default();
@@ -615,61 +622,57 @@ pub async fn run_sync(ctx: RolloutContext, owner_controller: &'static str, perio
     let mut rollouts_seen: HashMap<String, String> = HashMap::new();
     loop {
         tokio::time::sleep(period).await;
-        let span = info_span!("sidecarset_rollout_sync");
-        async {
-            let sets = ctx.sets.state();
-            let mut changed_sets = false;
-            let mut now_seen = HashMap::new();
-            for set in &sets {
-                let name = set.metadata.name.clone().unwrap_or_default();
-                let version = set.metadata.resource_version.clone().unwrap_or_default();
-                if sets_seen.get(&name) != Some(&version) {
-                    changed_sets = true;
-                }
-                now_seen.insert(name, version);
+        let sets = ctx.sets.state();
+        let mut changed_sets = false;
+        let mut now_seen = HashMap::new();
+        for set in &sets {
+            let name = set.metadata.name.clone().unwrap_or_default();
+            // Spec changes only: status writes (frequent during a rollout) change no decision.
+            let version = spec_version(set);
+            if sets_seen.get(&name) != Some(&version) {
+                changed_sets = true;
             }
-            if changed_sets || now_seen.len() != sets_seen.len() {
-                for ns in ctx.pods.namespaces() {
-                    enqueue(ROLLOUT_CONTROLLER, &ns, "");
-                }
-            }
-            sets_seen = now_seen;
-
-            let mut now_seen = HashMap::new();
-            for cm in ctx.rollouts.state() {
-                let Some(set) = cm.metadata.labels.as_ref().and_then(|l| l.get(SIDECARSET_NAME_LABEL)).cloned() else {
-                    continue;
-                };
-                let version = cm.metadata.resource_version.clone().unwrap_or_default();
-                if rollouts_seen.get(&set) != Some(&version) {
-                    enqueue(owner_controller, "", &set);
-                }
-                // A shard acquired with budget of this set but no pods to count: take it over so
-                // the budget comes back.
-                let grants: RolloutGrants = cm
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(GRANTS_KEY))
-                    .and_then(|g| serde_json::from_str(g).ok())
-                    .unwrap_or_default();
-                for (&n, _) in grants.shards.iter() {
-                    let shard = ShardId(n);
-                    let Some(epoch) = ctx.ownership.epoch(shard) else { continue };
-                    let tracked = ctx.lock().ledgers.contains_key(&(shard, set.clone()));
-                    if !tracked
-                        && ctx.namespaces_of(shard).is_empty()
-                        && let Err(e) = ctx.ensure_ledger(shard, epoch, &set, &grants.hash).await
-                    {
-                        debug!(set, shard = n, error = %e, "ledger not resumed; retrying");
-                    }
-                }
-                now_seen.insert(set, version);
-            }
-            rollouts_seen = now_seen;
-            ctx.flush().await;
+            now_seen.insert(name, version);
         }
-        .instrument(span)
-        .await;
+        if changed_sets || now_seen.len() != sets_seen.len() {
+            for ns in ctx.pods.namespaces() {
+                enqueue(ROLLOUT_CONTROLLER, &ns, "");
+            }
+        }
+        sets_seen = now_seen;
+
+        let mut now_seen = HashMap::new();
+        for cm in ctx.rollouts.state() {
+            let Some(set) = cm.metadata.labels.as_ref().and_then(|l| l.get(SIDECARSET_NAME_LABEL)).cloned() else {
+                continue;
+            };
+            let version = cm.metadata.resource_version.clone().unwrap_or_default();
+            if rollouts_seen.get(&set) != Some(&version) {
+                enqueue(owner_controller, "", &set);
+            }
+            // A shard acquired with budget of this set but no pods to count: take it over so
+            // the budget comes back.
+            let grants: RolloutGrants = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(GRANTS_KEY))
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default();
+            for (&n, _) in grants.shards.iter() {
+                let shard = ShardId(n);
+                let Some(epoch) = ctx.ownership.epoch(shard) else { continue };
+                let tracked = ctx.lock().ledgers.contains_key(&(shard, set.clone()));
+                if !tracked
+                    && ctx.namespaces_of(shard).is_empty()
+                    && let Err(e) = ctx.ensure_ledger(shard, epoch, &set, &grants.hash).await
+                {
+                    debug!(set, shard = n, error = %e, "ledger not resumed; retrying");
+                }
+            }
+            now_seen.insert(set, version);
+        }
+        rollouts_seen = now_seen;
+        ctx.flush().await;
     }
 }
 
