@@ -419,6 +419,10 @@ async fn not_update_paused_and_canary_selector() {
     patch_set(&client, "side", json!({ "spec": { "updateStrategy": { "paused": false } } })).await;
     wait_observed(&client, "side", [3, 3, 3, 3]).await;
     assert_eq!(images(&client, "default", &pods, "side").await, ["side:2"; 3]);
+
+    // A pod that goes leaves the status.
+    Api::<Pod>::namespaced(client.clone(), "default").delete("web-0", &Default::default()).await.expect("delete");
+    wait_status(&client, "side", [2, 2, 2, 2]).await;
 }
 
 /// Spec scenario 31: with scatterStrategy over app_name, the first batch is the planner's, which
