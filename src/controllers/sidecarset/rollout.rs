@@ -43,6 +43,8 @@ pub const ROLLOUT_CONTROLLER: &str = "sidecarset-rollout";
 /// Label on the rollout ConfigMaps (value: "true").
 pub const ROLLOUT_LABEL: &str = "kruise.io/sidecarset-rollout";
 const GRANTS_KEY: &str = "grants";
+/// Patches one namespace reconcile keeps in flight (the ApiWriter bounds the replica's total).
+const UPGRADE_CONCURRENCY: usize = 16;
 /// How long a pod this replica patched may stay unseen in the cache before it is counted from the
 /// cache again (the patch's answer was lost, or the watch is far behind).
 const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -415,38 +417,48 @@ impl RolloutContext {
         v: &SetVersion<'_>,
         pods: impl Iterator<Item = &'p Pod>,
     ) -> Result<(), ReconcileError> {
+        use futures::StreamExt;
         let latest = v.set.status.as_ref().and_then(|s| s.latest_revision.clone()).unwrap_or_default();
+        let now = now_rfc3339();
+        // Every patch is built before any is sent: a pod the set cannot upgrade stops the round
+        // before it started.
+        let mut writes = Vec::new();
         for pod in pods {
-            if self.ownership.epoch(shard) != Some(epoch) {
-                return Ok(());
-            }
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let patch = upgrade_patch(v, pod, &latest, &now_rfc3339()).map_err(err)?;
-            let target = WriteTarget {
-                resource: ApiResource::erase::<Pod>(&()),
-                namespace: Some(ns.clone()),
-                name: name.clone(),
-                status: false,
-            };
-            self.lock().pending.insert(
-                (ns.clone(), name.clone()),
-                Pending { set: v.name.into(), hash: v.hash.clone(), since: Instant::now() },
-            );
-            match write(target, WriteOp::MergePatch(patch)).await {
-                Ok(()) => {
-                    self.metrics.updates.with_label_values(&["success"]).inc();
-                    info!(set = v.name, pod = %format!("{ns}/{name}"), "upgraded sidecars in place");
-                }
-                // E.g. changed since it was read (409): the watch brings the news and a new round.
-                Err(e) => {
-                    self.metrics.updates.with_label_values(&["error"]).inc();
-                    self.lock().pending.remove(&(ns, name));
-                    return Err(err(e));
-                }
-            }
+            let key =
+                (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+            writes.push((key, upgrade_patch(v, pod, &latest, &now).map_err(err)?));
         }
-        Ok(())
+        let results: Vec<Result<(), WriteError>> = futures::stream::iter(writes)
+            .map(|((ns, name), patch)| async move {
+                if self.ownership.epoch(shard) != Some(epoch) {
+                    return Ok(());
+                }
+                let target = WriteTarget {
+                    resource: ApiResource::erase::<Pod>(&()),
+                    namespace: Some(ns.clone()),
+                    name: name.clone(),
+                    status: false,
+                };
+                let pending = Pending { set: v.name.into(), hash: v.hash.clone(), since: Instant::now() };
+                self.lock().pending.insert((ns.clone(), name.clone()), pending);
+                let result = write(target, WriteOp::MergePatch(patch)).await;
+                match &result {
+                    Ok(()) => {
+                        self.metrics.updates.with_label_values(&["success"]).inc();
+                        info!(set = v.name, pod = %format!("{ns}/{name}"), "upgraded sidecars in place");
+                    }
+                    // E.g. changed since it was read (409): the watch brings the news and a new round.
+                    Err(_) => {
+                        self.metrics.updates.with_label_values(&["error"]).inc();
+                        self.lock().pending.remove(&(ns, name));
+                    }
+                }
+                result
+            })
+            .buffer_unordered(UPGRADE_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<(), _>>().map_err(err)
     }
 
     /// The owner's part for `set` (whose shard this replica holds under `epoch`): grants from the
