@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
 use serde_json::json;
 
 use crate::cluster::Lifetime;
@@ -35,16 +34,6 @@ pub struct AdmissionArgs {
 }
 
 const PATH: &str = "/mutate-pod";
-
-fn sidecarsets() -> ApiResource {
-    ApiResource {
-        group: "apps.kruise.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "apps.kruise.io/v1alpha1".into(),
-        kind: "SidecarSet".into(),
-        plural: "sidecarsets".into(),
-    }
-}
 
 /// The handler histogram's buckets for the pod path: (upper bound, cumulative count), and sum.
 fn handler_histogram(s: &Scrape) -> (Vec<(f64, f64)>, f64, f64) {
@@ -145,7 +134,7 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         "\n| SidecarSets matching | pods | create p50 ms | create p99 ms | handler mean ms | handler p50 ≤ ms | handler p99 ≤ ms |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &sidecarsets());
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::sidecarsets());
     for (round, n) in args.sidecarsets.iter().enumerate() {
         let _ = sets.delete_collection(&DeleteParams::default(), &Default::default()).await;
         for i in 0..*n {

@@ -179,6 +179,11 @@ async fn webhook_control_plane(
     Ok((cp, client))
 }
 
+/// The SidecarSet resource, for dynamic clients.
+fn sidecarsets() -> kube::api::ApiResource {
+    kube::api::ApiResource::erase::<kruise::api::sidecarset::SidecarSet>(&())
+}
+
 /// The Kruise namespace of the benchmarks' clusters.
 const KRUISE_NS: &str = "kruise-system";
 

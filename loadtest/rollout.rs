@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::cluster::Lifetime;
@@ -48,16 +48,6 @@ pub struct RolloutArgs {
     timeout_secs: u64,
     #[arg(long)]
     manager_bin: Option<std::path::PathBuf>,
-}
-
-fn sidecarsets() -> ApiResource {
-    ApiResource {
-        group: "apps.kruise.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "apps.kruise.io/v1alpha1".into(),
-        kind: "SidecarSet".into(),
-        plural: "sidecarsets".into(),
-    }
 }
 
 /// Namespace names that spread over shards: FNV-1a's top bits barely move when only the end of a
@@ -172,7 +162,7 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
         wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
     }
 
-    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &sidecarsets());
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::sidecarsets());
     let set = |image: &str| -> anyhow::Result<DynamicObject> {
         Ok(serde_json::from_value(json!({
             "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
