@@ -236,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
             rollouts: rollout::watch_rollout_configmaps(&client, &flags.leader_election_namespace),
             metrics: rollout::RolloutMetrics::register(&registry)?,
         });
-        let revisions = controller::SidecarSetRevisions {
+        let coordinator = controller::SidecarSetCoordinator {
             client: client.clone(),
             rollout: rollout_ctx.clone(),
             namespace: flags.leader_election_namespace.clone(),
@@ -244,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
             space,
             ownership: ownership.clone(),
         };
-        reconcilers.insert(revisions.name(), Arc::new(revisions));
+        reconcilers.insert(coordinator.name(), Arc::new(coordinator));
         let pods_reconciler = rollout::SidecarSetRollout(rollout_ctx.clone());
         reconcilers.insert(pods_reconciler.name(), Arc::new(pods_reconciler));
         tokio::spawn(rollout::run_sync(rollout_ctx, controller::CONTROLLER, Duration::from_millis(200)));

@@ -38,7 +38,9 @@ pub fn watch_spec(store: ObjectStore) -> WatchSpec {
     }
 }
 
-pub struct SidecarSetRevisions {
+/// The per-set part of the controller, on the replica holding the SidecarSets' shard: revision
+/// history, rollout grants, status.
+pub struct SidecarSetCoordinator {
     pub client: Client,
     pub rollout: RolloutContext,
     /// The Kruise namespace, where revisions live.
@@ -52,7 +54,7 @@ fn err(e: impl std::fmt::Display) -> ReconcileError {
     ReconcileError(e.to_string())
 }
 
-impl Reconciler for SidecarSetRevisions {
+impl Reconciler for SidecarSetCoordinator {
     fn name(&self) -> &'static str {
         CONTROLLER
     }
