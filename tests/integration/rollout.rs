@@ -498,3 +498,55 @@ async fn scatter_mixes_apps_in_each_batch() {
     assert_eq!(first, planned, "the controller's first batch is the planner's");
     wait_status(&client, "scatter", [9, 9, 9, 9]).await;
 }
+
+/// Spec scenario 39 (the v1.3 gray release, scaled down): 20 pods on `version-1`; the image edit
+/// is labelled `version-2` with `partition: 90%` while new pods stay pinned to `version-1`. Two
+/// pods move (floor(90% × 20) = 18 stay old); two more pods arrive on version-1, and then
+/// floor(90% × 22) = 19 stay old, so exactly one more pod moves.
+#[tokio::test]
+async fn gray_release_with_a_percent_partition_and_pinned_new_pods() {
+    let (cp, client, _managers) = kruise_cluster("rollout-gray", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let mut set = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
+        "metadata": { "name": "gray", "labels": { "apps.kruise.io/sidecarset-custom-version": "version-1" } },
+        "spec": {
+            "selector": { "matchLabels": { "app": "gray" } },
+            "updateStrategy": { "maxUnavailable": 5 },
+            "containers": [{ "name": "side", "image": "side:1" }]
+        }
+    });
+    create(&client, "sidecarsets", "SidecarSet", None, set.clone()).await.expect("set");
+    let first: Vec<String> = (0..20).map(|i| format!("g-{i:02}")).collect();
+    let refs: Vec<&str> = first.iter().map(String::as_str).collect();
+    injected_pods(&client, "default", "gray", &refs, |_| json!({"app": "gray"})).await;
+    wait_status(&client, "gray", [20, 20, 20, 20]).await;
+
+    set["metadata"]["labels"]["apps.kruise.io/sidecarset-custom-version"] = json!("version-2");
+    set["spec"]["containers"][0]["image"] = json!("side:2");
+    set["spec"]["updateStrategy"]["partition"] = json!("90%");
+    set["spec"]["injectionStrategy"] = json!({ "revision": { "customVersion": "version-1", "policy": "Always" } });
+    patch_set(&client, "gray", json!({ "metadata": set["metadata"], "spec": set["spec"] })).await;
+    wait_observed(&client, "gray", [20, 2, 20, 2]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_of(&client, "gray").await, [20, 2, 20, 2], "the partition holds");
+
+    // New pods get version-1 (the pinned custom version), then the partition lets one more move.
+    let more = ["g-20", "g-21"];
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    injected_pods(&client, "default", "gray", &more, |_| json!({"app": "gray"})).await;
+    for name in more {
+        let p = api.get(name).await.expect("pod");
+        assert_eq!(
+            container(&p, "side").and_then(|c| c.image.as_deref()),
+            Some("side:1"),
+            "{name} pinned to version-1"
+        );
+    }
+    wait_status(&client, "gray", [22, 3, 22, 3]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_of(&client, "gray").await, [22, 3, 22, 3]);
+    let images =
+        images(&client, "default", &first.iter().map(String::as_str).chain(more).collect::<Vec<_>>(), "side").await;
+    assert_eq!(images.iter().filter(|i| *i == "side:2").count(), 3);
+}
