@@ -231,6 +231,20 @@ fn hash_of(containers: &[Value]) -> String {
     safe_encode(&sha256_hex(containers_json(containers).as_bytes()))
 }
 
+/// The hashes stored in `annotations` (the webhook writes them on every set and the revisions
+/// copy them), computed from `set` when either is missing (the webhook was bypassed).
+pub fn stored_or_computed_hashes(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    set: &SidecarSet,
+) -> (String, String) {
+    use super::injection::{SIDECARSET_HASH, SIDECARSET_HASH_WITHOUT_IMAGE};
+    let stored = |k: &str| annotations.and_then(|a| a.get(k)).cloned();
+    match (stored(SIDECARSET_HASH), stored(SIDECARSET_HASH_WITHOUT_IMAGE)) {
+        (Some(h), Some(w)) => (h, w),
+        _ => sidecarset_hashes(set),
+    }
+}
+
 /// The set's two hashes: of `spec.containers`, and of the same with every image blanked.
 pub fn sidecarset_hashes(set: &SidecarSet) -> (String, String) {
     let containers: Vec<Value> =

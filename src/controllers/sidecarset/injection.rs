@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, LocalObjectReference, Pod, V
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::hash::sidecarset_hashes;
+use super::hash::stored_or_computed_hashes;
 use crate::api::selector;
 use crate::api::sidecarset::{
     PodInjectPolicy, ShareVolumePolicyType, SidecarContainer, SidecarSet, SidecarSetPatchPodMetadata,
@@ -43,6 +43,22 @@ pub struct SidecarSetUpgradeSpec {
     pub sidecar_list: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub controller_revision: String,
+}
+
+impl SidecarSetUpgradeSpec {
+    /// `set`'s entry recording `hash` (and `revision`, if any) at `now`.
+    pub fn new(set: &SidecarSet, hash: &str, revision: &str, now: &str) -> Self {
+        let mut sidecar_list: Vec<String> =
+            set.spec.containers.iter().flatten().map(|sc| sc.container.name.clone()).collect();
+        sidecar_list.sort();
+        SidecarSetUpgradeSpec {
+            update_timestamp: now.to_string(),
+            hash: hash.to_string(),
+            sidecar_set_name: set.metadata.name.clone().unwrap_or_default(),
+            sidecar_list,
+            controller_revision: revision.to_string(),
+        }
+    }
 }
 
 /// A hash annotation: entries by set name; legacy plain-hash values are read as entries.
@@ -88,14 +104,8 @@ fn choose_version<'a, R: Borrow<ControllerRevision>>(
 ) -> Result<Chosen<'a>, InjectionError> {
     let name = set.metadata.name.clone().unwrap_or_default();
     let err = |reason: String| InjectionError::Revision { set: name.clone(), reason };
-    let annotation = |o: &Option<BTreeMap<String, String>>, k: &str| o.as_ref().and_then(|a| a.get(k)).cloned();
-    // The stored hashes when there are (the webhook writes them on every set), computed otherwise.
-    let hashes = |annotations: &Option<BTreeMap<String, String>>, set: &SidecarSet| match (
-        annotation(annotations, SIDECARSET_HASH),
-        annotation(annotations, SIDECARSET_HASH_WITHOUT_IMAGE),
-    ) {
-        (Some(h), Some(w)) => (h, w),
-        _ => sidecarset_hashes(set),
+    let hashes = |annotations: &Option<BTreeMap<String, String>>, set: &SidecarSet| {
+        stored_or_computed_hashes(annotations.as_ref(), set)
     };
     match set.pinned_revision(revisions).map_err(err)? {
         None => {
@@ -133,17 +143,20 @@ fn choose_version<'a, R: Borrow<ControllerRevision>>(
 
 /// Whether `set` selects `pod` (in `namespace`) for injection.
 pub fn selects(set: &SidecarSet, pod: &Pod, namespace: &str) -> bool {
-    if set.spec.injection_strategy.as_ref().and_then(|i| i.paused).unwrap_or(false) {
-        return false;
-    }
+    !set.spec.injection_strategy.as_ref().and_then(|i| i.paused).unwrap_or(false) && in_scope(set, pod, namespace)
+}
+
+/// Whether `pod` (in `namespace`) is within `set`'s namespace and (non-empty) selector.
+pub fn in_scope(set: &SidecarSet, pod: &Pod, namespace: &str) -> bool {
     if set.spec.namespace.as_deref().is_some_and(|ns| !ns.is_empty() && ns != namespace) {
         return false;
     }
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let no_labels = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
     set.spec.selector.as_ref().is_some_and(|s| {
         let empty = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
             && s.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-        !empty && selector::matches(s, &labels)
+        !empty && selector::matches(s, labels)
     })
 }
 
@@ -330,18 +343,9 @@ pub fn inject<S: Borrow<SidecarSet>, R: Borrow<ControllerRevision>>(
                 PodInjectPolicy::AfterAppContainer => after.push(built),
             }
         }
-        let mut sidecar_list: Vec<String> =
-            c.set.spec.containers.iter().flatten().map(|sc| sc.container.name.clone()).collect();
-        sidecar_list.sort();
-        let entry = |hash: &str, revision: &str| SidecarSetUpgradeSpec {
-            update_timestamp: now.to_string(),
-            hash: hash.to_string(),
-            sidecar_set_name: set_name.clone(),
-            sidecar_list: sidecar_list.clone(),
-            controller_revision: revision.to_string(),
-        };
-        hashes.insert(set_name.clone(), entry(&c.hash, &c.revision));
-        hashes_without_image.insert(set_name.clone(), entry(&c.hash_without_image, ""));
+        hashes.insert(set_name.clone(), SidecarSetUpgradeSpec::new(&c.set, &c.hash, &c.revision, now));
+        hashes_without_image
+            .insert(set_name.clone(), SidecarSetUpgradeSpec::new(&c.set, &c.hash_without_image, "", now));
     }
 
     let spec = out.spec.get_or_insert_with(Default::default);
@@ -400,6 +404,7 @@ pub fn inject<S: Borrow<SidecarSet>, R: Borrow<ControllerRevision>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::sidecarset::hash::sidecarset_hashes;
     use serde_json::json;
 
     fn set(v: Value) -> SidecarSet {

@@ -8,8 +8,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
-use super::hash::sidecarset_hashes;
-use super::injection::{INJECTED_LIST, SIDECARSET_HASH, SIDECARSET_HASH_WITHOUT_IMAGE, read_hash_annotation};
+use super::hash::stored_or_computed_hashes;
+use super::injection::{INJECTED_LIST, SIDECARSET_HASH, SIDECARSET_HASH_WITHOUT_IMAGE, in_scope, read_hash_annotation};
 use crate::api::selector;
 use crate::api::sidecarset::{SidecarContainerUpgradeType, SidecarSet};
 
@@ -29,13 +29,7 @@ pub struct SetVersion<'a> {
 
 impl<'a> SetVersion<'a> {
     pub fn new(set: &'a SidecarSet) -> Self {
-        let annotation = |k: &str| set.metadata.annotations.as_ref().and_then(|a| a.get(k)).cloned();
-        // The webhook stores both hashes on every set; computed when it was bypassed.
-        let (hash, hash_without_image) = match (annotation(SIDECARSET_HASH), annotation(SIDECARSET_HASH_WITHOUT_IMAGE))
-        {
-            (Some(h), Some(w)) => (h, w),
-            _ => sidecarset_hashes(set),
-        };
+        let (hash, hash_without_image) = stored_or_computed_hashes(set.metadata.annotations.as_ref(), set);
         SetVersion {
             set,
             name: set.metadata.name.as_deref().unwrap_or_default(),
@@ -68,16 +62,7 @@ pub fn is_active(pod: &Pod) -> bool {
 /// Whether `set` counts `pod` among its matched pods: active, in its namespace and selector, and
 /// injected by it with all of its containers (pods created before the set are not its own).
 pub fn is_matched(v: &SetVersion, pod: &Pod) -> bool {
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    if v.set.spec.namespace.as_deref().is_some_and(|ns| !ns.is_empty() && ns != namespace) {
-        return false;
-    }
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let selected = v.set.spec.selector.as_ref().is_some_and(|s| {
-        let empty = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-        !empty && selector::matches(s, &labels)
-    });
+    let selected = in_scope(v.set, pod, pod.metadata.namespace.as_deref().unwrap_or_default());
     let injected = annotation(pod, INJECTED_LIST).is_some_and(|l| l.split(',').any(|n| n == v.name));
     let containers = pod.spec.as_ref().map(|s| &s.containers[..]).unwrap_or_default();
     is_active(pod) && selected && injected && v.containers.iter().all(|name| containers.iter().any(|c| c.name == *name))
@@ -318,6 +303,7 @@ impl PodFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::sidecarset::hash::sidecarset_hashes;
     use crate::controllers::sidecarset::upgrade::upgrade_patch;
     use serde_json::json;
 

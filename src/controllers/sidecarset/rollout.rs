@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde_json::json;
@@ -234,15 +234,14 @@ impl RolloutContext {
         }
     }
 
-    /// The cached rollout ConfigMap's data of `set`.
-    fn cached_data(&self, set: &str) -> BTreeMap<String, String> {
-        let name = rollout_configmap_name(set);
-        self.rollouts
-            .state()
-            .iter()
-            .find(|c| c.metadata.name.as_deref() == Some(name.as_str()))
-            .and_then(|c| c.data.clone())
-            .unwrap_or_default()
+    /// The cached rollout ConfigMap of `set`.
+    fn cached_configmap(&self, set: &str) -> Option<Arc<ConfigMap>> {
+        self.rollouts.get(&ObjectRef::new(&rollout_configmap_name(set)).within(&self.namespace))
+    }
+
+    /// The grants of `set` as last seen.
+    fn cached_grants(&self, set: &str) -> RolloutGrants {
+        grants_in(self.cached_configmap(set).as_deref().and_then(|c| c.data.as_ref()))
     }
 
     /// The rollout ConfigMap's data of `set`, read from the API server (a quorum read): what a
@@ -267,7 +266,7 @@ impl RolloutContext {
             return Ok(());
         }
         let data = self.fresh_data(set).await?;
-        let grants: RolloutGrants = data.get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default();
+        let grants = grants_in(Some(&data));
         let persisted: Option<ShardReport> = data.get(&report_key(shard)).and_then(|r| serde_json::from_str(r).ok());
         let namespaces = self.namespaces_of(shard);
         let ledger = ShardLedger::resume(hash, grants.for_shard(hash, shard.0), persisted.as_ref(), namespaces.clone());
@@ -380,8 +379,7 @@ impl RolloutContext {
         v: &SetVersion,
         facts: &[PodFacts],
     ) -> Vec<usize> {
-        let grants: RolloutGrants =
-            self.cached_data(v.name).get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default();
+        let grants = self.cached_grants(v.name);
         let mut s = self.lock();
         let Some(t) = s.ledgers.get_mut(&(shard, v.name.to_string())).filter(|t| t.epoch == epoch) else {
             return Vec::new();
@@ -465,17 +463,11 @@ impl RolloutContext {
     /// shards' reports, and the status counts. Returns the counts.
     pub async fn coordinate(&self, set: &SidecarSet, epoch: u64) -> Result<RolloutCounts, ReconcileError> {
         let v = SetVersion::new(set);
-        let data = self.cached_data(v.name);
-        if data.is_empty()
-            && !self
-                .rollouts
-                .state()
-                .iter()
-                .any(|c| c.metadata.name.as_deref() == Some(&*rollout_configmap_name(v.name)))
-        {
+        let configmap = self.cached_configmap(v.name);
+        if configmap.is_none() {
             self.create_configmap(set).await?;
         }
-        let reports = reports_in(&data);
+        let reports = reports_in(configmap.as_deref().and_then(|c| c.data.as_ref()));
         let counts = total_counts(&v.hash, &reports);
         self.metrics.set_status(v.name, &counts);
         if !rolling(set) {
@@ -488,13 +480,7 @@ impl RolloutContext {
         let current = match owned {
             Some(g) => g,
             // A new acquisition continues from the API server's grants, never a stale cache.
-            None => self
-                .fresh_data(v.name)
-                .await
-                .map_err(err)?
-                .get(GRANTS_KEY)
-                .and_then(|g| serde_json::from_str(g).ok())
-                .unwrap_or_default(),
+            None => grants_in(Some(&self.fresh_data(v.name).await.map_err(err)?)),
         };
         let next = allocate(set.spec.update_strategy.as_ref(), &v.hash, &reports, &current);
         if next != current {
@@ -513,7 +499,7 @@ impl RolloutContext {
 
     /// The set revisions some shard reports its pods record (as last seen).
     pub fn revisions_in_use(&self, set: &str) -> BTreeSet<String> {
-        revisions_in_use(&reports_in(&self.cached_data(set)))
+        revisions_in_use(&reports_in(self.cached_configmap(set).as_deref().and_then(|c| c.data.as_ref())))
     }
 
     async fn create_configmap(&self, set: &SidecarSet) -> Result<(), ReconcileError> {
@@ -543,9 +529,6 @@ impl RolloutContext {
         let mut writes = Vec::new();
         let mut wake = BTreeSet::new();
         {
-            let grants_of = |set: &str| -> RolloutGrants {
-                self.cached_data(set).get(GRANTS_KEY).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default()
-            };
             let sets: BTreeSet<String> = self.sets.state().iter().filter_map(|s| s.metadata.name.clone()).collect();
             let mut s = self.lock();
             let ownership = &self.ownership;
@@ -564,7 +547,7 @@ impl RolloutContext {
             });
             for ((shard, set), t) in s.ledgers.iter_mut() {
                 let cap_before = t.ledger.grant;
-                t.ledger.observe(grants_of(set).for_shard(&t.ledger.hash, shard.0));
+                t.ledger.observe(self.cached_grants(set).for_shard(&t.ledger.hash, shard.0));
                 let room = t.ledger.grant != cap_before || t.ledger.has_room();
                 if room {
                     wake.extend(t.blocked.iter().cloned());
@@ -616,9 +599,15 @@ fn pod_of(converted: &mut HashMap<String, Arc<Pod>>, o: &DynamicObject) -> Optio
     Some(pod)
 }
 
+/// The owner's grants in a rollout ConfigMap's data (none if absent or unreadable).
+fn grants_in(data: Option<&BTreeMap<String, String>>) -> RolloutGrants {
+    data.and_then(|d| d.get(GRANTS_KEY)).and_then(|g| serde_json::from_str(g).ok()).unwrap_or_default()
+}
+
 /// The shards' reports in a rollout ConfigMap's data (unreadable ones are skipped).
-fn reports_in(data: &BTreeMap<String, String>) -> BTreeMap<u32, ShardReport> {
-    data.iter()
+fn reports_in(data: Option<&BTreeMap<String, String>>) -> BTreeMap<u32, ShardReport> {
+    data.into_iter()
+        .flatten()
         .filter_map(|(k, val)| {
             let shard: u32 = k.strip_prefix("shard-")?.parse().ok()?;
             Some((shard, serde_json::from_str(val).ok()?))
@@ -664,12 +653,7 @@ pub async fn run_sync(ctx: RolloutContext, owner_controller: &'static str, perio
             }
             // A shard acquired with budget of this set but no pods to count: take it over so
             // the budget comes back.
-            let grants: RolloutGrants = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(GRANTS_KEY))
-                .and_then(|g| serde_json::from_str(g).ok())
-                .unwrap_or_default();
+            let grants = grants_in(cm.data.as_ref());
             for (&n, _) in grants.shards.iter() {
                 let shard = ShardId(n);
                 let Some(epoch) = ctx.ownership.epoch(shard) else { continue };

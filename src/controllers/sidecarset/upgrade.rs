@@ -38,18 +38,7 @@ pub fn upgrade_patch(v: &SetVersion, pod: &Pod, latest_revision: &str, now: &str
     let mut annotations = old.clone();
 
     let mut hashes = read_hash_annotation(pod, SIDECARSET_HASH)?;
-    let mut sidecar_list: Vec<String> = v.containers.iter().map(|c| c.to_string()).collect();
-    sidecar_list.sort();
-    hashes.insert(
-        v.name.to_string(),
-        SidecarSetUpgradeSpec {
-            update_timestamp: now.to_string(),
-            hash: v.hash.clone(),
-            sidecar_set_name: v.name.to_string(),
-            sidecar_list,
-            controller_revision: latest_revision.to_string(),
-        },
-    );
+    hashes.insert(v.name.to_string(), SidecarSetUpgradeSpec::new(v.set, &v.hash, latest_revision, now));
     annotations.insert(SIDECARSET_HASH.into(), serde_json::to_string(&hashes).unwrap_or_default());
 
     // Other sets' entries are kept; an unreadable annotation (never written so by a controller)
