@@ -15,7 +15,10 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::{Scrape, machine, scrape};
+use crate::{Scrape, machine, scrape, wait_for};
+
+/// How long the benchmark waits for its cluster to get where it needs.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Clone)]
 pub struct AdmissionArgs {
@@ -88,16 +91,6 @@ async fn webhook_port(log: &std::path::Path) -> anyhow::Result<u16> {
     bail!("the manager never logged its webhook port; see {}", log.display())
 }
 
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) -> anyhow::Result<()> {
-    for _ in 0..240 {
-        if check().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("timed out waiting for {what}")
-}
-
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": { "app": "bench" } },
@@ -121,14 +114,14 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
     let mut process = Component::spawn("manager", &manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
     let port = webhook_port(&process.log).await?;
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    wait_for("the pod webhook to point at the manager", async || {
+    wait_for("the pod webhook to point at the manager", WAIT, async || {
         let m = mutating.get(kruise::webhook::configuration::MUTATING_CONFIGURATION).await.ok();
         m.and_then(|m| m.webhooks).is_some_and(|w| {
             w.iter().all(|w| w.client_config.url.as_deref().is_some_and(|u| u.contains(&format!(":{port}/"))))
         })
     })
     .await?;
-    wait_for("the manager to be ready", async || http_get(&metrics_addr, "/readyz").await.is_some()).await?;
+    wait_for("the manager to be ready", WAIT, async || http_get(&metrics_addr, "/readyz").await.is_some()).await?;
 
     println!(
         "\n| SidecarSets matching | pods | create p50 ms | create p99 ms | handler mean ms | handler p50 ≤ ms | handler p99 ≤ ms |"
@@ -153,11 +146,12 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         let namespace = format!("bench-{round}");
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(&namespace)).await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-        wait_for("the default ServiceAccount", async || sas.get_opt("default").await.ok().flatten().is_some()).await?;
+        wait_for("the default ServiceAccount", WAIT, async || sas.get_opt("default").await.ok().flatten().is_some())
+            .await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         // The webhook reads SidecarSets from a watch: wait until a probe pod gets all n sidecars.
         let mut probe = 0;
-        wait_for("the webhook to see the SidecarSets", async || {
+        wait_for("the webhook to see the SidecarSets", WAIT, async || {
             probe += 1;
             let created = pods.create(&PostParams::default(), &pod(&format!("probe-{probe}"))).await;
             created.ok().and_then(|p| p.spec).is_some_and(|s| s.containers.len() == n + 1)

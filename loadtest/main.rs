@@ -179,6 +179,18 @@ async fn webhook_control_plane(
     Ok((cp, client))
 }
 
+/// Polls `check` until it says true, or fails after `timeout`.
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !check().await {
+        if started.elapsed() > timeout {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// The SidecarSet resource, for dynamic clients.
 fn sidecarsets() -> kube::api::ApiResource {
     kube::api::ApiResource::erase::<kruise::api::sidecarset::SidecarSet>(&())

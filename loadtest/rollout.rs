@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::{machine, process_figures, scrape};
+use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
 pub struct RolloutArgs {
@@ -63,17 +63,6 @@ fn pod(name: &str, node: usize) -> Pod {
                   "containers": [{ "name": "main", "image": "app:1" }] }
     }))
     .expect("pod")
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while !check().await {
-        if started.elapsed() > timeout {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 /// `[matched, updated, ready, updatedReady]` and whether it describes the current generation.

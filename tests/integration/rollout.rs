@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::{Api, Client};
@@ -19,7 +19,7 @@ use kruise::controllers::sidecarset::pod_state::{
 };
 
 use crate::support::cluster::control_plane::node_name;
-use crate::support::{LogsOnFailure, eventually};
+use crate::support::{LogsOnFailure, default_service_account, eventually};
 use crate::webhooks::{KRUISE_NS, annotation, create, create_pod, kruise_cluster, resource};
 
 /// The waits of these tests: generous, the machines are shared.
@@ -56,11 +56,7 @@ async fn namespace(client: &Client, name: &str) {
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("namespace {name}: {e}"),
     }
-    // Pods are refused until the namespace's default ServiceAccount exists.
-    eventually(WAIT, "the default ServiceAccount", || async {
-        Api::<ServiceAccount>::namespaced(client.clone(), name).get_opt("default").await.ok().flatten().is_some()
-    })
-    .await;
+    default_service_account(client, name).await;
 }
 
 /// A pod on the first kwok node (no scheduler needed).

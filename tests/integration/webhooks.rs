@@ -18,7 +18,9 @@ use serde_json::json;
 
 use kruise::webhook::configuration::{self, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION};
 
-use crate::support::{ControlPlane, ControlPlaneConfig, ManagerProcess, eventually, install_crds};
+use crate::support::{
+    ControlPlane, ControlPlaneConfig, ManagerProcess, default_service_account, eventually, install_crds,
+};
 
 pub(crate) const KRUISE_NS: &str = "kruise-system";
 
@@ -159,6 +161,7 @@ pub(crate) async fn kruise_cluster(
         })
         .await;
     }
+    default_service_account(&client, "default").await;
     (cp, client, managers)
 }
 
@@ -307,15 +310,6 @@ async fn first_pod_where(
 #[tokio::test]
 async fn pods_get_their_sidecars_at_creation_through_the_api_server() {
     let (_cp, client, _manager) = webhook_cluster("injection").await;
-    eventually(Duration::from_secs(30), "the default ServiceAccount", || async {
-        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "default")
-            .get_opt("default")
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-    })
-    .await;
 
     // The seed example: the logtail SidecarSet, applied as a user would.
     let logtail: serde_json::Value =
@@ -614,15 +608,6 @@ async fn only_the_sibling_injects(client: &Client, scenario: &str, why: &str) ->
 #[tokio::test]
 async fn the_spec_injection_scenarios_through_the_api_server() {
     let (_cp, client, _manager) = webhook_cluster("scenarios").await;
-    eventually(Duration::from_secs(30), "the default ServiceAccount", || async {
-        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "default")
-            .get_opt("default")
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-    })
-    .await;
     let busybox = |name: &str| json!({ "name": name, "image": "busybox:1.36" });
 
     // 4. Order: init containers by name after the pod's; Before / After app containers.

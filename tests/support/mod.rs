@@ -121,13 +121,19 @@ impl TestNamespace {
         let ns =
             Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(Duration::from_secs(30), "default ServiceAccount", || async {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
-        .await;
+        default_service_account(client, &name).await;
         Self { name, admin_kubeconfig: tc.cp.admin_kubeconfig().to_path_buf() }
     }
+}
+
+/// Waits for `namespace`'s `default` ServiceAccount (the controller-manager creates it), without
+/// which the ServiceAccount admission plugin rejects pods.
+pub async fn default_service_account(client: &Client, namespace: &str) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    eventually(Duration::from_secs(60), "the default ServiceAccount", || async {
+        sas.get_opt("default").await.ok().flatten().is_some()
+    })
+    .await;
 }
 
 impl Drop for TestNamespace {
