@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod controllers;
+pub mod daemon;
 pub mod features;
 pub mod runtime;
 pub mod webhook;

@@ -11,7 +11,7 @@ use clap::Parser;
 use ractor::Actor;
 
 use kruise::controllers::demo::{DemoResource, DemoStamper};
-use kruise::features::FeatureGates;
+use kruise::features::{self, FeatureGates};
 use kruise::runtime::api_writer::{WriterArgs, WriterMetrics};
 use kruise::runtime::client::{self, ClientMetrics};
 use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
@@ -100,7 +100,7 @@ struct Flags {
     #[arg(long, env = "SERVICE_NAME", default_value = "kruise-webhook-service")]
     webhook_service_name: String,
     /// Controllers to run, as kube-controller-manager's flag: `*` all, `name` one, `-name` not
-    /// that one (e.g. `*,-sidecarset`). Known: sidecarset. (The demo controller has its own flag.)
+    /// that one (e.g. `*,-sidecarset`). Known: sidecarset, podprobemarker (with nodepodprobe). (The demo controller has its own flag.)
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
     /// Reconciles running at once per namespace.
@@ -218,20 +218,22 @@ async fn main() -> anyhow::Result<()> {
     // the rollouts read them.
     let (all_sidecarsets, sidecarset_revisions) =
         kruise::webhook::server::watch_stores(&client, &flags.leader_election_namespace, webhook_caches);
+    // One pods watch for every controller that reads pods.
+    let pods = ObjectStore::default();
+    let mut pod_controllers = Vec::new();
     if !controller_enabled(&flags.controllers, "sidecarset") {
         tracing::info!("the SidecarSet controller is disabled by --controllers");
     } else if serves(&client, "apps.kruise.io/v1alpha1", "sidecarsets").await {
         use kruise::controllers::sidecarset::{controller, rollout};
         let store = ObjectStore::default();
         watches.push(controller::watch_spec(store.clone()));
-        let pods = ObjectStore::default();
-        watches.push(rollout::pods_watch_spec(pods.clone()));
+        pod_controllers.push(rollout::ROLLOUT_CONTROLLER);
         let rollout_ctx = rollout::RolloutContext::new(rollout::RolloutSources {
             client: client.clone(),
             namespace: flags.leader_election_namespace.clone(),
             space,
             ownership: ownership.clone(),
-            pods,
+            pods: pods.clone(),
             sets: all_sidecarsets.clone(),
             rollouts: rollout::watch_rollout_configmaps(&client, &flags.leader_election_namespace),
             metrics: rollout::RolloutMetrics::register(&registry)?,
@@ -250,6 +252,38 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(rollout::run_sync(rollout_ctx, controller::CONTROLLER, Duration::from_millis(200)));
     } else {
         tracing::info!("the SidecarSet CRD is not served: its controller is not started");
+    }
+    let probe_gates = [features::KRUISE_DAEMON, features::POD_PROBE_MARKER_GATE];
+    if !controller_enabled(&flags.controllers, "podprobemarker") {
+        tracing::info!("the PodProbeMarker controllers are disabled by --controllers");
+    } else if !probe_gates.iter().all(|g| flags.feature_gates.enabled(g)) {
+        tracing::info!("the PodProbeMarker controllers are off: PodProbeMarkerGate and KruiseDaemon must be on");
+    } else if serves(&client, "apps.kruise.io/v1alpha1", "podprobemarkers").await {
+        use kruise::controllers::{nodepodprobe, podprobemarker::controller as ppm};
+        let markers = ObjectStore::default();
+        watches.push(ppm::watch_spec(markers.clone()));
+        pod_controllers.push(ppm::CONTROLLER);
+        let index = Arc::new(std::sync::RwLock::new(Default::default()));
+        ppm::watch_node_pod_probes(&client, index.clone());
+        let marker = ppm::PodProbeMarkerController {
+            markers,
+            pods: pods.clone(),
+            index,
+            space,
+            ownership: ownership.clone(),
+            metrics: ppm::MarkerMetrics::register(&registry)?,
+        };
+        reconcilers.insert(marker.name(), Arc::new(marker));
+        let (nodes, probes) = (ObjectStore::default(), ObjectStore::default());
+        watches.push(nodepodprobe::nodes_watch_spec(nodes.clone()));
+        watches.push(nodepodprobe::watch_spec(probes.clone()));
+        let lifecycle = nodepodprobe::NodePodProbeLifecycle { nodes, probes, space, ownership: ownership.clone() };
+        reconcilers.insert(lifecycle.name(), Arc::new(lifecycle));
+    } else {
+        tracing::info!("the PodProbeMarker CRD is not served: its controllers are not started");
+    }
+    if !pod_controllers.is_empty() {
+        watches.push(kruise::controllers::pods::watch_spec(pods, pod_controllers));
     }
     if watches.is_empty() {
         caches_ready.set();

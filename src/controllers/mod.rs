@@ -1,5 +1,8 @@
 //! Controllers: one folder each, pure planning plus the thin glue that plugs into the runtime.
 
 pub mod demo;
+pub mod nodepodprobe;
+pub mod podprobemarker;
+pub mod pods;
 pub mod sidecarset;
 pub mod update_sort;

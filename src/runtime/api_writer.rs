@@ -79,6 +79,12 @@ type Reply = RpcReplyPort<Result<(), WriteError>>;
 pub enum WriteOp {
     /// A JSON merge patch; several waiting ones fold into one.
     MergePatch(Value),
+    /// A strategic merge patch (built-in kinds only: lists merge by their keys, `$patch: delete`
+    /// removes one entry).
+    StrategicPatch(Value),
+    /// Server-side apply of `object` as `field_manager` (forced: the manager's fields are its
+    /// own). A waiting apply by the same manager is replaced by a later one, which says it all.
+    Apply { field_manager: String, object: Value },
     /// Create the object (the target names it); 409 if it exists.
     Create(Value),
     /// Delete the object; 404 if it is gone.
@@ -90,8 +96,26 @@ impl WriteOp {
         match (self, status) {
             (WriteOp::MergePatch(_), false) => "patch",
             (WriteOp::MergePatch(_), true) => "patch_status",
+            (WriteOp::StrategicPatch(_), false) => "patch",
+            (WriteOp::StrategicPatch(_), true) => "patch_status",
+            (WriteOp::Apply { .. }, false) => "apply",
+            (WriteOp::Apply { .. }, true) => "apply_status",
             (WriteOp::Create(_), _) => "create",
             (WriteOp::Delete, _) => "delete",
+        }
+    }
+}
+
+impl WriteOp {
+    /// The patch request this op is, or the op back if it is no patch.
+    fn into_patch(self) -> Result<(PatchParams, Patch<Value>), WriteOp> {
+        match self {
+            WriteOp::MergePatch(p) => Ok((PatchParams::default(), Patch::Merge(p))),
+            WriteOp::StrategicPatch(p) => Ok((PatchParams::default(), Patch::Strategic(p))),
+            WriteOp::Apply { field_manager, object } => {
+                Ok((PatchParams::apply(&field_manager).force(), Patch::Apply(object)))
+            }
+            other => Err(other),
         }
     }
 }
@@ -293,6 +317,17 @@ impl WriterState {
             self.metrics.coalesced.inc();
             return;
         }
+        if !last_is_on_the_wire
+            && let Some(last) = queue.back_mut()
+            && let (WriteOp::Apply { field_manager: earlier, .. }, WriteOp::Apply { field_manager: later, .. }) =
+                (&last.op, &op)
+            && earlier == later
+        {
+            last.op = op;
+            last.replies.extend(reply);
+            self.metrics.coalesced.inc();
+            return;
+        }
         queue.push_back(PendingWrite { op, replies: reply.into_iter().collect(), attempts: 0 });
     }
 
@@ -339,20 +374,17 @@ impl WriterState {
                 None => Api::all_with(client, &target.resource),
             };
             let verb = op.verb(target.status);
-            let outcome = match op {
-                WriteOp::MergePatch(patch) => {
-                    let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-                    if target.status {
-                        api.patch_status(&target.name, &params, &patch).await.map(|_| ())
-                    } else {
-                        api.patch(&target.name, &params, &patch).await.map(|_| ())
-                    }
+            let outcome = match op.into_patch() {
+                Ok((params, patch)) if target.status => {
+                    api.patch_status(&target.name, &params, &patch).await.map(|_| ())
                 }
-                WriteOp::Create(object) => match serde_json::from_value::<DynamicObject>(object) {
+                Ok((params, patch)) => api.patch(&target.name, &params, &patch).await.map(|_| ()),
+                Err(WriteOp::Create(object)) => match serde_json::from_value::<DynamicObject>(object) {
                     Ok(o) => api.create(&PostParams::default(), &o).await.map(|_| ()),
                     Err(e) => Err(kube::Error::SerdeError(e)),
                 },
-                WriteOp::Delete => api.delete(&target.name, &DeleteParams::default()).await.map(|_| ()),
+                // Only a delete is left.
+                Err(_) => api.delete(&target.name, &DeleteParams::default()).await.map(|_| ()),
             };
             let (code, result) = match outcome {
                 Ok(()) => ((if verb == "create" { "201" } else { "200" }).to_string(), Ok(())),

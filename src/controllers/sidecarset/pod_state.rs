@@ -53,11 +53,7 @@ fn annotation<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
     pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
 }
 
-/// Not finished and not being deleted.
-pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
-}
+pub use crate::controllers::pods::is_active;
 
 /// Whether `set` counts `pod` among its matched pods: active, in its namespace and selector, and
 /// injected by it with all of its containers (pods created before the set are not its own).

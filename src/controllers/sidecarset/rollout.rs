@@ -34,10 +34,10 @@ use crate::api::sidecarset::{SIDECARSET_NAME_LABEL, SidecarSet};
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::metrics::MetricsRegistry;
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
-use crate::runtime::object_store::{ObjectStore, Trim};
+use crate::runtime::object_store::ObjectStore;
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::{ShardId, ShardSpace};
-use crate::runtime::watch_hub::{WatchSpec, enqueue};
+use crate::runtime::watch_hub::enqueue;
 
 pub const ROLLOUT_CONTROLLER: &str = "sidecarset-rollout";
 /// Label on the rollout ConfigMaps (value: "true").
@@ -55,20 +55,6 @@ pub fn rollout_configmap_name(set: &str) -> String {
 
 fn report_key(shard: ShardId) -> String {
     format!("shard-{}", shard.0)
-}
-
-/// The pods watch: every pod of the held shards, routed per namespace. Volumes are dropped (the
-/// rollout never reads them); containers stay whole, since an upgrade patch carries the list.
-pub fn pods_watch_spec(store: ObjectStore) -> WatchSpec {
-    WatchSpec {
-        controllers: vec![ROLLOUT_CONTROLLER],
-        url_path: "/api/v1/pods".into(),
-        label_selector: None,
-        store,
-        trim: Trim { drop: &[&["spec", "volumes"]] },
-        namespaced: true,
-        per_namespace: true,
-    }
 }
 
 /// The rollout ConfigMaps of every set, watched by every replica (not sharded: shards read their
@@ -184,7 +170,7 @@ pub struct RolloutSources {
     pub namespace: String,
     pub space: ShardSpace,
     pub ownership: ShardOwnership,
-    /// Pods of the held shards (the WatchHub's store for [`pods_watch_spec`]).
+    /// Pods of the held shards (the WatchHub's store for [`crate::controllers::pods::watch_spec`]).
     pub pods: ObjectStore,
     /// Every SidecarSet.
     pub sets: Store<SidecarSet>,
@@ -593,8 +579,7 @@ fn pod_of(converted: &mut HashMap<String, Arc<Pod>>, o: &DynamicObject) -> Optio
     if let Some(p) = converted.get(&name) {
         return Some(p.clone());
     }
-    let pod: Pod = serde_json::to_value(o).ok().and_then(|v| serde_json::from_value(v).ok())?;
-    let pod = Arc::new(pod);
+    let pod: Arc<Pod> = Arc::new(crate::controllers::pods::typed(o)?);
     converted.insert(name, pod.clone());
     Some(pod)
 }

@@ -1,0 +1,293 @@
+//! The PodProbeMarker controller in the sharded runtime: one reconcile per namespace (key
+//! `namespace/""`) does the namespace's whole job, from the caches: apply its NodePodProbe entries
+//! where they differ ([`fan_out`]), mark its pods with their results ([`mark_patch`]), keep each
+//! marker's finalizer and status. A marker being deleted loses its probes and marks first; its
+//! finalizer goes when no NodePodProbe lists it any more.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, join_all};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::ApiResource;
+use prometheus::{IntCounterVec, Opts};
+use serde_json::json;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::fanout::{FINALIZER, apply_body, fan_out, field_manager, nodes_to_apply, selects, split_key};
+use super::index::ProbeIndex;
+use super::marking::mark_patch;
+use crate::api::nodepodprobe::NodePodProbe;
+use crate::api::podprobemarker::{PodContainerProbe, PodProbeMarker};
+use crate::controllers::pods::{is_active, typed};
+use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
+use crate::runtime::metrics::MetricsRegistry;
+use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
+use crate::runtime::object_store::{ObjectStore, Trim};
+use crate::runtime::ownership::ShardOwnership;
+use crate::runtime::shard::ShardSpace;
+use crate::runtime::watch_hub::{WatchSpec, enqueue};
+
+pub const CONTROLLER: &str = "podprobemarker-controller";
+
+/// How soon a namespace is looked at again while some selected pod's node has no NodePodProbe
+/// yet (upstream never retries).
+const NODE_WAIT: Duration = Duration::from_secs(5);
+
+/// What the controller watches besides pods: every PodProbeMarker, routed per namespace.
+pub fn watch_spec(store: ObjectStore) -> WatchSpec {
+    WatchSpec {
+        controllers: vec![CONTROLLER],
+        url_path: "/apis/apps.kruise.io/v1alpha1/podprobemarkers".into(),
+        label_selector: None,
+        store,
+        trim: Trim::default(),
+        namespaced: true,
+        per_namespace: true,
+    }
+}
+
+/// Every NodePodProbe, watched by every replica into `index` (not sharded: one lists pods of
+/// many namespaces); a change reconciles the namespaces whose part changed, where held.
+pub fn watch_node_pod_probes(client: &Client, index: Arc<RwLock<ProbeIndex>>) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let api = kube::Api::<NodePodProbe>::all(client.clone());
+    let stream = watcher::watcher(api, watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut relisted: BTreeSet<String> = BTreeSet::new();
+        while let Some(event) = stream.next().await {
+            let changed = {
+                let Ok(mut ix) = index.write() else { return };
+                match event {
+                    Ok(Event::Apply(o)) => Some(ix.apply(&o)),
+                    Ok(Event::Delete(o)) => Some(ix.delete(o.metadata.name.as_deref().unwrap_or_default())),
+                    Ok(Event::Init) => {
+                        relisted.clear();
+                        Some(BTreeSet::new())
+                    }
+                    Ok(Event::InitApply(o)) => {
+                        relisted.insert(o.metadata.name.clone().unwrap_or_default());
+                        Some(ix.apply(&o))
+                    }
+                    Ok(Event::InitDone) => Some(ix.retain(&std::mem::take(&mut relisted))),
+                    Err(e) => {
+                        warn!(error = %e, "NodePodProbe watch failed; retrying");
+                        None
+                    }
+                }
+            };
+            let Some(changed) = changed else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            for ns in changed {
+                enqueue(CONTROLLER, &ns, "");
+            }
+        }
+    });
+}
+
+/// Probe marking counters.
+#[derive(Clone)]
+pub struct MarkerMetrics {
+    writes: IntCounterVec,
+}
+
+impl MarkerMetrics {
+    pub fn register(registry: &MetricsRegistry) -> prometheus::Result<Self> {
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "kruise_podprobemarker_writes_total",
+                "Writes of the PodProbeMarker controller, by kind (nodepodprobe_apply, pod_mark) and result",
+            ),
+            &["kind", "result"],
+        )?;
+        registry.register(&writes)?;
+        for kind in ["nodepodprobe_apply", "pod_mark"] {
+            for result in ["success", "error"] {
+                writes.with_label_values(&[kind, result]);
+            }
+        }
+        Ok(MarkerMetrics { writes })
+    }
+
+    fn count(&self, kind: &str, r: &Result<(), WriteError>) {
+        self.writes.with_label_values(&[kind, if r.is_ok() { "success" } else { "error" }]).inc();
+    }
+}
+
+/// The per-namespace reconciler.
+pub struct PodProbeMarkerController {
+    pub markers: ObjectStore,
+    pub pods: ObjectStore,
+    pub index: Arc<RwLock<ProbeIndex>>,
+    pub space: ShardSpace,
+    pub ownership: ShardOwnership,
+    pub metrics: MarkerMetrics,
+}
+
+fn resource<K: kube::Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+fn err(e: impl std::fmt::Display) -> ReconcileError {
+    ReconcileError(e.to_string())
+}
+
+impl Reconciler for PodProbeMarkerController {
+    fn name(&self) -> &'static str {
+        CONTROLLER
+    }
+
+    fn reconcile(&self, namespace: &str, _name: &str) -> BoxFuture<'static, Result<Action, ReconcileError>> {
+        let shard = self.space.shard_of_key(namespace);
+        let ownership = self.ownership.clone();
+        let markers: Vec<PodProbeMarker> =
+            self.markers.in_namespace(namespace).iter().filter_map(|o| typed(o)).collect();
+        let pods: Vec<Pod> = self.pods.in_namespace(namespace).iter().filter_map(|o| typed(o)).collect();
+        let index = self.index.clone();
+        let metrics = self.metrics.clone();
+        let ns = namespace.to_string();
+        let span = info_span!("reconcile", controller = CONTROLLER, namespace = %ns);
+        Box::pin(
+            async move {
+                if ownership.epoch(shard).is_none() {
+                    return Ok(Action::Done);
+                }
+                reconcile_namespace(&ns, &markers, &pods, &index, &metrics).await
+            }
+            .instrument(span),
+        )
+    }
+}
+
+async fn reconcile_namespace(
+    ns: &str,
+    markers: &[PodProbeMarker],
+    pods: &[Pod],
+    index: &RwLock<ProbeIndex>,
+    metrics: &MarkerMetrics,
+) -> Result<Action, ReconcileError> {
+    let pod_refs: Vec<&Pod> = pods.iter().collect();
+    let fanout = fan_out(markers, &pod_refs);
+    let (observed, states, waiting_for_node) = {
+        let ix = index.read().map_err(err)?;
+        let observed = ix.observed(ns, fanout.by_node.keys());
+        let waiting = fanout.by_node.keys().any(|n| !ix.has_node(n));
+        (observed, ix.states(ns), waiting)
+    };
+    let mut failures: Vec<String> = Vec::new();
+
+    // 1. The namespace's entries on each node whose entries differ.
+    let applies = nodes_to_apply(&fanout.by_node, &observed).into_iter().map(|node| {
+        let entries = fanout.by_node.get(&node).cloned().unwrap_or_default();
+        async move {
+            let target = WriteTarget {
+                resource: resource::<NodePodProbe>(),
+                namespace: None,
+                name: node.clone(),
+                status: false,
+            };
+            let op = WriteOp::Apply { field_manager: field_manager(ns), object: apply_body(&node, &entries) };
+            let r = write(target, op).await;
+            metrics.count("nodepodprobe_apply", &r);
+            r.map_err(|e| format!("applying {ns}'s probes to NodePodProbe {node}: {e}"))
+        }
+    });
+    failures.extend(join_all(applies).await.into_iter().filter_map(Result::err));
+
+    // 2. Each active pod's marks, from its probe states.
+    let live = |pod: &Pod, key: &str| -> Option<PodContainerProbe> {
+        let (m, p) = split_key(key)?;
+        let marker = markers.iter().find(|x| x.metadata.name.as_deref() == Some(m))?;
+        if !selects(marker, pod) {
+            return None;
+        }
+        marker.spec.probes.iter().find(|x| x.name == p).cloned()
+    };
+    let mut patches = Vec::new();
+    for pod in pods.iter().filter(|p| is_active(p)) {
+        let key = (pod.metadata.name.clone().unwrap_or_default(), pod.metadata.uid.clone().unwrap_or_default());
+        let pod_states = states.get(&key).map(Vec::as_slice).unwrap_or_default();
+        // The live probes of this pod, resolved once (the patch borrows them).
+        let keys: BTreeSet<String> =
+            pod_states.iter().map(|s| s.name.clone()).chain(super::marking::recorded_marks(pod).into_keys()).collect();
+        let resolved: HashMap<String, PodContainerProbe> =
+            keys.into_iter().filter_map(|k| live(pod, &k).map(|p| (k, p))).collect();
+        if let Some(patch) = mark_patch(pod, pod_states, |k| resolved.get(k)) {
+            patches.push((key.0, patch));
+        }
+    }
+    let writes = patches.into_iter().map(|(name, patch)| async move {
+        let target = WriteTarget { resource: resource::<Pod>(), namespace: Some(ns.to_string()), name, status: true };
+        debug!(pod = %target.name, %patch, "marking pod");
+        let r = write(target.clone(), WriteOp::StrategicPatch(patch)).await;
+        metrics.count("pod_mark", &r);
+        r.map_err(|e| format!("marking pod {ns}/{}: {e}", target.name))
+    });
+    failures.extend(join_all(writes).await.into_iter().filter_map(Result::err));
+
+    // 3. Finalizers and status.
+    for marker in markers {
+        if let Err(e) = keep_marker(ns, marker, &fanout.matched, index, failures.is_empty()).await {
+            failures.push(e);
+        }
+    }
+
+    if !failures.is_empty() {
+        return Err(ReconcileError(failures.join("; ")));
+    }
+    Ok(if waiting_for_node { Action::RequeueAfter(NODE_WAIT) } else { Action::Done })
+}
+
+/// A marker's finalizer (added while it lives, removed once its probes are gone everywhere) and
+/// its status.
+async fn keep_marker(
+    ns: &str,
+    marker: &PodProbeMarker,
+    matched: &std::collections::BTreeMap<String, i64>,
+    index: &RwLock<ProbeIndex>,
+    clean_pass: bool,
+) -> Result<(), String> {
+    let name = marker.metadata.name.clone().unwrap_or_default();
+    let target = WriteTarget {
+        resource: resource::<PodProbeMarker>(),
+        namespace: Some(ns.to_string()),
+        name: name.clone(),
+        status: false,
+    };
+    let finalizers = marker.metadata.finalizers.clone().unwrap_or_default();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    let rv = marker.metadata.resource_version.clone();
+    if marker.metadata.deletion_timestamp.is_some() {
+        let still_listed = index.read().map_err(|e| e.to_string())?.lists_marker(ns, &name);
+        if has && clean_pass && !still_listed {
+            let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            let patch = json!({ "metadata": { "finalizers": rest, "resourceVersion": rv } });
+            write(target, WriteOp::MergePatch(patch)).await.map_err(|e| format!("releasing {ns}/{name}: {e}"))?;
+        }
+        return Ok(());
+    }
+    if !has {
+        let mut all = finalizers.clone();
+        all.push(FINALIZER.to_string());
+        let patch = json!({ "metadata": { "finalizers": all, "resourceVersion": rv } });
+        write(target.clone(), WriteOp::MergePatch(patch))
+            .await
+            .map_err(|e| format!("adding the finalizer to {ns}/{name}: {e}"))?;
+    }
+    let generation = marker.metadata.generation.unwrap_or_default();
+    let pods = matched.get(&name).copied().unwrap_or_default();
+    let status = marker.status.clone().unwrap_or_default();
+    if status.observed_generation != generation || status.matched_pods.unwrap_or_default() != pods {
+        let patch = json!({ "status": { "observedGeneration": generation, "matchedPods": pods } });
+        write(WriteTarget { status: true, ..target }, WriteOp::MergePatch(patch))
+            .await
+            .map_err(|e| format!("writing the status of {ns}/{name}: {e}"))?;
+    }
+    Ok(())
+}

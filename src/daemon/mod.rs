@@ -1,0 +1,4 @@
+//! kruise-daemon's parts: the container runtimes it talks to and the per-node agents.
+
+pub mod podprobe;
+pub mod runtime;
