@@ -4,6 +4,7 @@
 //! each own their pods' entries through server-side apply without overwriting each other.
 
 use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -79,4 +80,24 @@ pub struct ContainerProbeState {
     pub last_transition_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Marks `spec` and `spec.podProbes` nullable in the NodePodProbe CRD (and leaves other CRDs
+/// alone): when the field manager of a NodePodProbe's last entries withdraws them by server-side
+/// apply, the API server leaves `null` where the list (or the emptied `spec`) was, and a
+/// non-nullable schema would refuse that write.
+pub fn spec_may_be_null(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    if crd.spec.names.kind != "NodePodProbe" {
+        return crd;
+    }
+    for version in &mut crd.spec.versions {
+        let root = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
+        if let Some(spec) = root.and_then(|r| r.properties.as_mut()).and_then(|p| p.get_mut("spec")) {
+            spec.nullable = Some(true);
+            if let Some(list) = spec.properties.as_mut().and_then(|p| p.get_mut("podProbes")) {
+                list.nullable = Some(true);
+            }
+        }
+    }
+    crd
 }

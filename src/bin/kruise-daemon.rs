@@ -3,22 +3,33 @@
 //! drive thousands of fake nodes. This binary tracks the nodes it serves and exposes /metrics and
 //! /healthz; the probe and image-pull agents attach to those nodes.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use ractor::{Actor, ActorRef};
+
+use kruise::api::nodepodprobe::NodePodProbe;
 use prometheus::IntGauge;
 
-use kruise::features::FeatureGates;
+use kruise::daemon::podprobe::agent::{AgentContext, ProbeMetrics, ProbeSupervisor, SupervisorMsg};
+use kruise::daemon::runtime::ContainerRuntime;
+use kruise::daemon::simulated::SimulatedRuntime;
+use kruise::features::{self, FeatureGates};
+use kruise::runtime::api_writer::{ApiWriter, WriterArgs, WriterMetrics};
 use kruise::runtime::client::{self, ClientMetrics};
-use kruise::runtime::flag_values::parse_listen_addr;
+use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::metrics::MetricsRegistry;
+use kruise::runtime::supervisor::API_WRITER;
 
 #[derive(Parser, Debug)]
 #[command(name = "kruise-daemon", version, about = "kruise-rs node daemon")]
@@ -41,6 +52,15 @@ struct Flags {
     /// Label selector for the nodes served in simulated mode.
     #[arg(long, default_value = "type=kwok")]
     simulated_node_selector: String,
+    /// How often at most a node's NodePodProbe status is written (results in between are batched).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    probe_status_flush_interval: Duration,
+    /// API writes per second this process may make.
+    #[arg(long, default_value_t = 50.0)]
+    kube_api_qps: f64,
+    /// Writes this process may make at once above the rate.
+    #[arg(long, default_value_t = 100)]
+    kube_api_burst: u32,
 }
 
 #[tokio::main]
@@ -60,10 +80,10 @@ async fn main() -> anyhow::Result<()> {
     registry.register(&nodes_served)?;
     let ready = Readiness::default();
     let node_cache = ready.condition("node-cache");
-    http::serve(flags.addr, http::router(registry, ready.clone())).await?;
+    http::serve(flags.addr, http::router(registry.clone(), ready.clone())).await?;
 
     let (store, writer) = reflector::store::<Node>();
-    let nodes = reflector(writer, watcher(Api::<Node>::all(client), watch_config))
+    let nodes = reflector(writer, watcher(Api::<Node>::all(client.clone()), watch_config))
         .default_backoff()
         .touched_objects()
         .for_each(|r| async move {
@@ -81,6 +101,45 @@ async fn main() -> anyhow::Result<()> {
         "kruise-daemon serving"
     );
 
+    let gates = [features::KRUISE_DAEMON, features::POD_PROBE_MARKER_GATE];
+    if gates.iter().all(|g| flags.feature_gates.enabled(g)) {
+        kruise::runtime::api_writer::check_rate_limit(flags.kube_api_qps, flags.kube_api_burst)?;
+        let writer = WriterArgs {
+            client: client.clone(),
+            qps: flags.kube_api_qps,
+            burst: flags.kube_api_burst,
+            max_in_flight: 32,
+            metrics: WriterMetrics::register(&registry)?,
+        };
+        Actor::spawn(Some(API_WRITER.into()), ApiWriter, writer).await.context("starting the API writer")?;
+        let runtime: Arc<dyn ContainerRuntime> = if flags.simulated {
+            Arc::new(SimulatedRuntime::watch(&client, None))
+        } else {
+            bail!("kruise-daemon needs a CRI socket for probes on a real node; run with --simulated for kwok nodes")
+        };
+        let ctx = AgentContext {
+            runtime,
+            metrics: ProbeMetrics::register(&registry)?,
+            flush_interval: flags.probe_status_flush_interval,
+            started: Instant::now(),
+        };
+        let (probes, _) = Actor::spawn(Some("probe-supervisor".into()), ProbeSupervisor, ctx)
+            .await
+            .context("starting the probe supervisor")?;
+        let served = {
+            let store = store.clone();
+            let own = flags.node_name.clone().filter(|_| !flags.simulated);
+            move |node: &str| match &own {
+                Some(n) => n == node,
+                None => store.get(&ObjectRef::new(node)).is_some(),
+            }
+        };
+        let field_selector =
+            flags.node_name.as_ref().filter(|_| !flags.simulated).map(|n| format!("metadata.name={n}"));
+        tokio::spawn(follow_node_pod_probes(client.clone(), field_selector, probes, served));
+        tracing::info!("probing for PodProbeMarkers");
+    }
+
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -92,4 +151,54 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("kruise-daemon stopped");
     Ok(())
+}
+
+/// Hands every change of a served node's NodePodProbe to the probe supervisor. After a re-list,
+/// NodePodProbes that were not listed count as deleted.
+async fn follow_node_pod_probes(
+    client: Client,
+    field_selector: Option<String>,
+    probes: ActorRef<SupervisorMsg>,
+    served: impl Fn(&str) -> bool,
+) {
+    use watcher::Event;
+    let mut config = watcher::Config::default();
+    if let Some(f) = &field_selector {
+        config = config.fields(f);
+    }
+    let stream = watcher(Api::<NodePodProbe>::all(client), config);
+    let mut stream = std::pin::pin!(stream);
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut listed: BTreeSet<String> = BTreeSet::new();
+    while let Some(event) = stream.next().await {
+        let send = |node: String, object: Option<Box<NodePodProbe>>| {
+            let _ = probes.send_message(SupervisorMsg::Probes { node, object });
+        };
+        match event {
+            Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
+                let node = o.metadata.name.clone().unwrap_or_default();
+                if served(&node) {
+                    listed.insert(node.clone());
+                    known.insert(node.clone());
+                    send(node, Some(Box::new(o)));
+                }
+            }
+            Ok(Event::Delete(o)) => {
+                let node = o.metadata.name.clone().unwrap_or_default();
+                known.remove(&node);
+                send(node, None);
+            }
+            Ok(Event::Init) => listed.clear(),
+            Ok(Event::InitDone) => {
+                for node in known.difference(&listed).cloned().collect::<Vec<_>>() {
+                    known.remove(&node);
+                    send(node, None);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "NodePodProbe watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }

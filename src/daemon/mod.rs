@@ -2,3 +2,4 @@
 
 pub mod podprobe;
 pub mod runtime;
+pub mod simulated;

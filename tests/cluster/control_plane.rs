@@ -413,8 +413,22 @@ impl ControlPlane {
 
     /// Prints the last `lines` lines of every component's log to stderr.
     pub fn print_logs(&self, lines: usize) {
+        let mut printed = Vec::new();
         for c in self.lock_components().iter() {
             eprintln!("----- {} ({}), last {lines} lines -----\n{}", c.name, c.log.display(), tail(&c.log, lines));
+            printed.push(c.log.clone());
+        }
+        // And every other process that logs here (kruise-manager replicas, kruise-daemon).
+        let mut others: Vec<_> = std::fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| !printed.contains(p))
+            .collect();
+        others.sort();
+        for log in others {
+            eprintln!("----- {}, last {lines} lines -----\n{}", log.display(), tail(&log, lines));
         }
     }
 

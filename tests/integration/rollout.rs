@@ -49,7 +49,7 @@ async fn patch_set(client: &Client, name: &str, patch: serde_json::Value) {
     sidecarsets(client).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch sidecarset");
 }
 
-async fn namespace(client: &Client, name: &str) {
+pub(crate) async fn namespace(client: &Client, name: &str) {
     let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
     match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
         Ok(_) => {}

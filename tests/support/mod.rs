@@ -232,6 +232,46 @@ impl ManagerProcess {
     }
 }
 
+/// kruise-daemon in simulated mode (serving every kwok node of `cp`), a child of the test binary.
+pub struct DaemonProcess {
+    pub addr: String,
+    pub process: cluster::process::Component,
+}
+
+impl DaemonProcess {
+    pub fn start(cp: &ControlPlane, name: &str, extra_args: &[&str]) -> Self {
+        let port = cluster::control_plane::free_port().expect("free port");
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+            format!("--addr={addr}"),
+            "--simulated".to_string(),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let process = cluster::process::Component::spawn(
+            name,
+            std::path::Path::new(env!("CARGO_BIN_EXE_kruise-daemon")),
+            &args,
+            &cp.dir().join("logs"),
+            cluster::Lifetime::TiedToProcess,
+        )
+        .expect("start kruise-daemon");
+        Self { addr, process }
+    }
+
+    /// The sum of a metric's series on /metrics whose labels contain `labels` (e.g.
+    /// `result="failed"`), if served.
+    pub async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let body = cluster::process::http_get(&self.addr, "/metrics").await?;
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+}
+
 /// Installs every kruise CRD and waits until each is Established (see `cluster::install_crds`).
 pub async fn install_crds(client: &Client) {
     cluster::control_plane::install_crds(client, "kruise-tests").await.expect("install the CRDs");

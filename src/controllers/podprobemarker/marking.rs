@@ -137,7 +137,13 @@ pub fn mark_patch<'a>(
             Some(have) => have.status != c.status || have.message != c.message,
         };
         if stale {
-            condition_patch.push(serde_json::to_value(c).unwrap_or_default());
+            // A strategic merge patch merges the condition's fields: a message that is gone must
+            // be deleted explicitly, or the old one stays.
+            let mut v = serde_json::to_value(c).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.entry("message").or_insert(Value::Null);
+            }
+            condition_patch.push(v);
         }
     }
     for (t, status) in &withdrawn {
@@ -224,9 +230,12 @@ mod tests {
         merge_patch::apply(&mut v, &p);
         let list = v["status"]["conditions"].as_array_mut().unwrap();
         for c in conditions.into_iter().flat_map(|c| c.as_array().cloned().unwrap()) {
-            list.retain(|x| x["type"] != c["type"]);
-            if c.get("$patch").is_none() {
-                list.push(c);
+            let existing = list.iter_mut().find(|x| x["type"] == c["type"]);
+            match (existing, c.get("$patch").is_some()) {
+                (_, true) => list.retain(|x| x["type"] != c["type"]),
+                // Strategic merge: the entry's fields merge, null deletes one.
+                (Some(x), false) => merge_patch::apply(x, &c),
+                (None, false) => list.push(c),
             }
         }
         serde_json::from_value(v).unwrap()
@@ -276,7 +285,8 @@ mod tests {
         let back = mark_patch(&p, &[state("game-server-probe#Idle", ProbeState::Succeeded, "")], live_in(&markers));
         let p = patched(&p, &back.unwrap());
         assert_eq!(label(&p, "gameserver-idle"), Some("true"));
-        assert_eq!(condition(&p, "game.io/idle").unwrap().status, "True");
+        let c = condition(&p, "game.io/idle").unwrap();
+        assert_eq!((c.status.as_str(), c.message.as_deref()), ("True", None), "the old message is gone");
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! PodProbeMarker end to end through the real API server: kruise-manager fans probes out into
+//! NodePodProbes and marks pods; kruise-daemon in simulated mode runs the probes of the kwok nodes,
+//! whose outcomes the tests script with the pod annotation `exec.sim.kruise.io/<container>`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::{Api, Client};
+use serde_json::json;
+
+use kruise::api::nodepodprobe::NodePodProbe;
+use kruise::api::podprobemarker::ProbeState;
+use kruise::controllers::podprobemarker::marking::MARKS_ANNOTATION;
+
+use crate::rollout::namespace;
+use crate::support::cluster::control_plane::node_name;
+use crate::support::{DaemonProcess, LogsOnFailure, eventually};
+use crate::webhooks::{create, create_pod, kruise_cluster, resource};
+
+const WAIT: Duration = Duration::from_secs(60);
+const COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+fn script(exit_code: i32, stdout: &str, stderr: &str) -> String {
+    json!({ "exitCode": exit_code, "stdout": stdout, "stderr": stderr }).to_string()
+}
+
+/// A game server pod on kwok node `node` whose idle script answers `idle`.
+fn game_server(name: &str, node: usize, idle: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "labels": { "app": "game-server" },
+            "annotations": { "exec.sim.kruise.io/game-server": idle }
+        },
+        "spec": {
+            "nodeName": node_name(node),
+            "containers": [{ "name": "game-server", "image": "game:1" }]
+        }
+    })
+}
+
+/// The release notes' Idle marker, with a 1 s period and delay so the test runs in seconds.
+fn game_server_probe() -> serde_json::Value {
+    json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+        "metadata": { "name": "game-server-probe" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "game-server" } },
+            "probes": [{
+                "name": "Idle", "containerName": "game-server",
+                "probe": { "exec": { "command": ["/home/game/idle.sh"] }, "initialDelaySeconds": 1,
+                           "timeoutSeconds": 3, "periodSeconds": 1, "successThreshold": 1, "failureThreshold": 3 },
+                "markerPolicy": [
+                    { "state": "Succeeded", "labels": { "gameserver-idle": "true" }, "annotations": { COST: "-10" } },
+                    { "state": "Failed", "labels": { "gameserver-idle": "false" }, "annotations": { COST: "10" } }
+                ],
+                "podConditionType": "game.io/idle"
+            }]
+        }
+    })
+}
+
+fn label<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
+    pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn annotation<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
+    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+fn condition(pod: &Pod, type_: &str) -> Option<PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_).cloned()
+}
+
+async fn npp(client: &Client, node: &str) -> Option<NodePodProbe> {
+    Api::<NodePodProbe>::all(client.clone()).get_opt(node).await.ok().flatten()
+}
+
+/// The pod's marks are as wanted: the idle label, the deletion cost, the condition status and message.
+async fn wait_marked(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    idle: &str,
+    cost: &str,
+    status: &str,
+    message: Option<&str>,
+) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let marked = |p: &Pod| {
+        let c = condition(p, "game.io/idle");
+        label(p, "gameserver-idle") == Some(idle)
+            && annotation(p, COST) == Some(cost)
+            && c.as_ref().is_some_and(|c| c.status == status && c.message.as_deref() == message)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let p = pods.get(pod).await.expect("pod");
+        if marked(&p) {
+            return p;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+            let n = npp(client, &node).await;
+            panic!(
+                "timed out waiting for {pod} marked idle={idle} cost={cost} {status} {message:?}\npod metadata: {:?}\nconditions: {:?}\nNodePodProbe status: {:?}",
+                p.metadata.labels,
+                p.status.as_ref().and_then(|s| s.conditions.clone()),
+                n.and_then(|n| n.status)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn set_script(client: &Client, ns: &str, pod: &str, script: &str) {
+    let patch = json!({ "metadata": { "annotations": { "exec.sim.kruise.io/game-server": script } } });
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch pod");
+}
+
+/// Scenarios 1, 3, 4, 9, 10, 15 and 17 with the seed's game servers: NodePodProbes per node; the
+/// marker's finalizer and status; the fan-out; Idle marks with the condition's timestamps and
+/// message; busy after three failures and back; deleting the marker takes its marks away (kruise-rs
+/// differs from upstream here on purpose); deleting a pod takes its entry out of the NodePodProbe.
+#[tokio::test]
+async fn game_servers_are_marked_idle_and_busy() {
+    let (cp, client, _managers) = kruise_cluster("probes-game", 2, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let daemon = DaemonProcess::start(&cp, "probes-game-daemon", &["--probe-status-flush-interval=200ms"]);
+    for i in 0..2 {
+        let node = node_name(i);
+        eventually(WAIT, &format!("NodePodProbe {node}"), || {
+            let client = client.clone();
+            let node = node.clone();
+            async move { npp(&client, &node).await.is_some_and(|n| n.spec.pod_probes.unwrap_or_default().is_empty()) }
+        })
+        .await;
+    }
+
+    let ns = "game";
+    namespace(&client, ns).await;
+    create_pod(&client, ns, game_server("gs-0", 0, &script(0, "idle", ""))).await.expect("gs-0");
+    create_pod(&client, ns, game_server("gs-1", 1, &script(0, "idle", ""))).await.expect("gs-1");
+    create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), game_server_probe()).await.expect("marker");
+
+    // The marker: finalizer, observedGeneration, matchedPods.
+    let markers: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &resource("podprobemarkers", "PodProbeMarker"));
+    eventually(WAIT, "the marker's finalizer and status", || {
+        let markers = markers.clone();
+        async move {
+            let Ok(m) = markers.get("game-server-probe").await else { return false };
+            let finalizer = m.metadata.finalizers.iter().flatten().any(|f| f == "kruise.io/node-pod-probe-cleanup");
+            finalizer && m.data["status"]["matchedPods"] == 2 && m.data["status"]["observedGeneration"] == 1
+        }
+    })
+    .await;
+
+    // The fan-out: gs-0's entry on node 0, with the probe verbatim.
+    let gs0 = Api::<Pod>::namespaced(client.clone(), ns).get("gs-0").await.expect("gs-0");
+    let n0 = npp(&client, &node_name(0)).await.expect("npp");
+    let entries = n0.spec.pod_probes.clone().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!((entries[0].name.as_str(), entries[0].namespace.as_str()), ("gs-0", ns));
+    assert_eq!(Some(&entries[0].uid), gs0.metadata.uid.as_ref());
+    let probe = &entries[0].probes.as_ref().unwrap()[0];
+    assert_eq!((probe.name.as_str(), probe.container_name.as_str()), ("game-server-probe#Idle", "game-server"));
+    assert_eq!(probe.probe.failure_threshold, Some(3));
+
+    // Idle: label, cost, condition True with both timestamps and stdout as the message.
+    let p = wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+    let c = condition(&p, "game.io/idle").unwrap();
+    assert!(c.last_probe_time.is_some() && c.last_transition_time.is_some(), "{c:?}");
+    assert_eq!(c.reason, None);
+    wait_marked(&client, ns, "gs-1", "true", "-10", "True", Some("idle")).await;
+
+    // Busy: the state turns Failed only after failureThreshold (3) failures in a row.
+    let failed_before = daemon.metric("kruise_daemon_probe_runs_total", "result=\"failed\"").await.unwrap_or(0.0);
+    set_script(&client, ns, "gs-0", &script(1, "", "busy")).await;
+    let p = wait_marked(&client, ns, "gs-0", "false", "10", "False", Some("busy")).await;
+    let failed_after = daemon.metric("kruise_daemon_probe_runs_total", "result=\"failed\"").await.unwrap_or(0.0);
+    assert!(failed_after - failed_before >= 3.0, "Failed after {} failures", failed_after - failed_before);
+    let busy_since = condition(&p, "game.io/idle").unwrap().last_transition_time;
+    assert_ne!(busy_since, c.last_transition_time, "a new lastTransitionTime");
+    let n0 = npp(&client, &node_name(0)).await.expect("npp");
+    let state = &n0.status.unwrap().pod_probe_statuses.unwrap()[0].probe_states.clone().unwrap()[0];
+    assert_eq!((state.name.as_str(), state.state), ("game-server-probe#Idle", ProbeState::Failed));
+
+    // And idle again.
+    set_script(&client, ns, "gs-0", &script(0, "", "")).await;
+    wait_marked(&client, ns, "gs-0", "true", "-10", "True", None).await;
+
+    // A deleted pod leaves its node's NodePodProbe, spec and status.
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete("gs-1", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    eventually(WAIT, "gs-1's entry to leave node 1", || {
+        let client = client.clone();
+        async move {
+            let Some(n) = npp(&client, &node_name(1)).await else { return false };
+            n.spec.pod_probes.unwrap_or_default().is_empty()
+                && n.status.and_then(|s| s.pod_probe_statuses).unwrap_or_default().is_empty()
+        }
+    })
+    .await;
+
+    // Deleting the marker: probes out of the NodePodProbes, marks off the pod, then the marker goes.
+    markers.delete("game-server-probe", &DeleteParams::default()).await.expect("delete marker");
+    eventually(WAIT, "the marker to be gone", || {
+        let markers = markers.clone();
+        async move { matches!(markers.get_opt("game-server-probe").await, Ok(None)) }
+    })
+    .await;
+    let n0 = npp(&client, &node_name(0)).await.expect("npp");
+    assert!(n0.spec.pod_probes.unwrap_or_default().is_empty());
+    let p = Api::<Pod>::namespaced(client.clone(), ns).get("gs-0").await.expect("gs-0");
+    assert_eq!(label(&p, "gameserver-idle"), None, "{:?}", p.metadata.labels);
+    assert_eq!(annotation(&p, COST), None);
+    assert_eq!(annotation(&p, MARKS_ANNOTATION), None);
+    assert!(condition(&p, "game.io/idle").is_none());
+    assert_eq!(label(&p, "app"), Some("game-server"), "labels the marker did not set stay");
+}
