@@ -226,3 +226,41 @@ async fn game_servers_are_marked_idle_and_busy() {
     assert!(condition(&p, "game.io/idle").is_none());
     assert_eq!(label(&p, "app"), Some("game-server"), "labels the marker did not set stay");
 }
+
+/// A daemon killed mid-run and started again carries on from the recorded states: the Idle state
+/// keeps its lastTransitionTime (no flip through Unknown, so the pod's marks never move), and an
+/// outcome that changed while no daemon ran is picked up.
+#[tokio::test]
+async fn a_restarted_daemon_resumes_without_flipping_results() {
+    let (cp, client, _managers) = kruise_cluster("probes-restart", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let flush = "--probe-status-flush-interval=200ms";
+    let mut daemon = DaemonProcess::start(&cp, "probes-restart-daemon-1", &[flush]);
+    let ns = "game";
+    namespace(&client, ns).await;
+    create_pod(&client, ns, game_server("gs-0", 0, &script(0, "idle", ""))).await.expect("gs-0");
+    create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), game_server_probe()).await.expect("marker");
+    let before = wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+    let idle_since = condition(&before, "game.io/idle").and_then(|c| c.last_transition_time);
+    let state_of = |n: NodePodProbe| n.status?.pod_probe_statuses?.first()?.probe_states.clone()?.first().cloned();
+    let recorded = state_of(npp(&client, &node_name(0)).await.expect("npp")).expect("state");
+
+    daemon.process.kill();
+    let daemon = DaemonProcess::start(&cp, "probes-restart-daemon-2", &[flush]);
+    eventually(WAIT, "the new daemon to probe a few times", || {
+        let daemon = &daemon;
+        async move { daemon.metric("kruise_daemon_probe_runs_total", "result=\"succeeded\"").await.unwrap_or(0.0) >= 3.0 }
+    })
+    .await;
+    let after = state_of(npp(&client, &node_name(0)).await.expect("npp")).expect("state");
+    assert_eq!((after.state, &after.last_transition_time), (ProbeState::Succeeded, &recorded.last_transition_time));
+    let pod = Api::<Pod>::namespaced(client.clone(), ns).get("gs-0").await.expect("gs-0");
+    assert_eq!(condition(&pod, "game.io/idle").and_then(|c| c.last_transition_time), idle_since, "no flip");
+
+    // Busy while no daemon runs: the next daemon finds it.
+    let mut daemon = daemon;
+    daemon.process.kill();
+    set_script(&client, ns, "gs-0", &script(1, "", "busy")).await;
+    let _daemon = DaemonProcess::start(&cp, "probes-restart-daemon-3", &[flush]);
+    wait_marked(&client, ns, "gs-0", "false", "10", "False", Some("busy")).await;
+}
