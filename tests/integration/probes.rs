@@ -146,6 +146,27 @@ async fn game_servers_are_marked_idle_and_busy() {
     namespace(&client, ns).await;
     create_pod(&client, ns, game_server("gs-0", 0, &script(0, "idle", ""))).await.expect("gs-0");
     create_pod(&client, ns, game_server("gs-1", 1, &script(0, "idle", ""))).await.expect("gs-1");
+
+    // Invalid markers are denied with their reasons (scenario 23, some of them).
+    let mut tcp = game_server_probe();
+    tcp["spec"]["probes"][0]["probe"] = json!({ "tcpSocket": { "port": 80 } });
+    let mut reserved = game_server_probe();
+    reserved["spec"]["probes"][0]["name"] = json!("Initialized");
+    let mut no_selector = game_server_probe();
+    no_selector["spec"]["selector"] = json!({});
+    for (bad, reason) in [
+        (tcp, "only exec probes are supported"),
+        (reserved, "this name is reserved for a pod condition"),
+        (no_selector, "spec.selector"),
+    ] {
+        match create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), bad).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 400, "{e:?}");
+                assert!(e.message.contains(reason), "{} lacks {reason:?}", e.message);
+            }
+            other => panic!("an invalid marker was not denied: {other:?}"),
+        }
+    }
     create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), game_server_probe()).await.expect("marker");
 
     // The marker: finalizer, observedGeneration, matchedPods.
