@@ -29,6 +29,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 mod admission;
+mod probes;
 mod rollout;
 
 use cluster::process::{Component, http_get};
@@ -55,6 +56,9 @@ enum Cmd {
     /// A SidecarSet image change rolled out in place over many pods on kwok nodes, against the
     /// API server's own pod-patch throughput.
     Rollout(rollout::RolloutArgs),
+    /// PodProbeMarker at scale: simulated kruise-daemon probing many kwok nodes' pods; marking
+    /// latency from an outcome change, write rates, CPU and memory.
+    Probes(probes::ProbesArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -127,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Admission(args) => admission::admission(args).await,
         Cmd::Injection(args) => admission::injection(args),
         Cmd::Rollout(args) => rollout::rollout(args).await,
+        Cmd::Probes(args) => probes::probes(args).await,
     }
 }
 

@@ -20,6 +20,7 @@ use ractor::{Actor, ActorRef};
 use kruise::api::nodepodprobe::NodePodProbe;
 use prometheus::IntGauge;
 
+use kruise::daemon::cri::CriRuntime;
 use kruise::daemon::podprobe::agent::{AgentContext, ProbeMetrics, ProbeSupervisor, SupervisorMsg};
 use kruise::daemon::runtime::ContainerRuntime;
 use kruise::daemon::simulated::SimulatedRuntime;
@@ -52,6 +53,13 @@ struct Flags {
     /// Label selector for the nodes served in simulated mode.
     #[arg(long, default_value = "type=kwok")]
     simulated_node_selector: String,
+    /// The host's /var/run, where the CRI sockets are looked for (upstream mounts it here).
+    #[arg(long, default_value = "/hostvarrun")]
+    host_var_run: std::path::PathBuf,
+    /// The CRI socket under --host-var-run (e.g. `containerd/containerd.sock`); by default the
+    /// known sockets are tried in order.
+    #[arg(long)]
+    socket_file: Option<String>,
     /// How often at most a node's NodePodProbe status is written (results in between are batched).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     probe_status_flush_interval: Duration,
@@ -115,7 +123,11 @@ async fn main() -> anyhow::Result<()> {
         let runtime: Arc<dyn ContainerRuntime> = if flags.simulated {
             Arc::new(SimulatedRuntime::watch(&client, None))
         } else {
-            bail!("kruise-daemon needs a CRI socket for probes on a real node; run with --simulated for kwok nodes")
+            let (socket, cri) = CriRuntime::discover(&flags.host_var_run, flags.socket_file.as_deref())
+                .await
+                .context("connecting to the node's container runtime")?;
+            tracing::info!(socket = %socket.display(), "probing through CRI");
+            Arc::new(cri)
         };
         let ctx = AgentContext {
             runtime,

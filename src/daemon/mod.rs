@@ -1,5 +1,6 @@
 //! kruise-daemon's parts: the container runtimes it talks to and the per-node agents.
 
+pub mod cri;
 pub mod podprobe;
 pub mod runtime;
 pub mod simulated;

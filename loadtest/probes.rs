@@ -1,0 +1,325 @@
+//! `kruise-loadtest probes`: PodProbeMarker at scale. Many kwok nodes and pods, one marker per
+//! namespace with several exec probes per pod, kruise-daemon in simulated mode running every
+//! probe, kruise-manager replicas fanning out and marking.
+//!
+//! Measured: time until every pod is first marked; then, with every probe running at its period,
+//! the steady API write rate of the managers and the daemon; then the latency from changing a
+//! probe's outcome (the simulated runtime's pod annotation) to the pod being marked with it
+//! (p50/p99 over `--flips` pods), which includes the wait for the probe's next period; CPU and
+//! peak RSS of the daemon and each manager replica.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::cluster::Lifetime;
+use crate::cluster::process::{Component, http_get};
+use crate::{machine, process_figures, scrape, wait_for};
+
+#[derive(clap::Args, Clone)]
+pub struct ProbesArgs {
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 20000)]
+    pods: usize,
+    #[arg(long, default_value_t = 20)]
+    namespaces: usize,
+    /// Probes per pod (all in one marker per namespace).
+    #[arg(long, default_value_t = 2)]
+    probes: usize,
+    #[arg(long, default_value_t = 10)]
+    period_secs: i32,
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Pods whose outcome is changed to measure marking latency.
+    #[arg(long, default_value_t = 200)]
+    flips: usize,
+    /// How long the steady-state write rate is observed.
+    #[arg(long, default_value_t = 60)]
+    steady_secs: u64,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Write budget per process (managers and daemon).
+    #[arg(long, default_value_t = 500.0)]
+    kube_api_qps: f64,
+    #[arg(long, default_value_t = 500)]
+    kube_api_burst: u32,
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
+    #[arg(long)]
+    manager_bin: Option<std::path::PathBuf>,
+}
+
+const IDLE_LABEL: &str = "bench-idle";
+const EXEC_ANNOTATION: &str = "exec.sim.kruise.io/main";
+
+fn namespace_name(i: usize) -> String {
+    format!("{i:03}-probes")
+}
+
+fn pod(name: &str, node: usize) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": "bench" },
+                      "annotations": { EXEC_ANNOTATION: json!({"exitCode": 0}).to_string() } },
+        "spec": { "nodeName": crate::cluster::control_plane::node_name(node),
+                  "containers": [{ "name": "main", "image": "app:1" }] }
+    }))
+    .expect("pod")
+}
+
+/// One marker with `probes` probes on container `main`: the first drives the idle label and a
+/// condition, the others a condition each.
+fn marker(probes: usize, period: i32) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = (0..probes)
+        .map(|i| {
+            let mut p = json!({
+                "name": format!("p{i}"), "containerName": "main",
+                "probe": { "exec": { "command": ["/probe.sh"] }, "periodSeconds": period,
+                           "initialDelaySeconds": 1, "timeoutSeconds": 1,
+                           "successThreshold": 1, "failureThreshold": 1 },
+                "podConditionType": format!("bench.kruise.io/p{i}"),
+            });
+            if i == 0 {
+                p["markerPolicy"] = json!([
+                    { "state": "Succeeded", "labels": { IDLE_LABEL: "true" } },
+                    { "state": "Failed", "labels": { IDLE_LABEL: "false" } }
+                ]);
+            }
+            p
+        })
+        .collect();
+    json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+        "metadata": { "name": "bench" },
+        "spec": { "selector": { "matchLabels": { "app": "bench" } }, "probes": list }
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Pods' idle labels as a watch sees them, with when each last changed.
+#[derive(Default)]
+struct Marks {
+    idle: HashMap<(String, String), (Option<String>, Instant)>,
+}
+
+fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) {
+    let api: Api<Pod> = Api::all(client.clone());
+    let stream = watcher::watcher(api, watcher::Config::default().labels("app=bench"));
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(e) = stream.next().await {
+            let (watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = (match e {
+                Ok(e) => e,
+                Err(_) => continue,
+            }) else {
+                continue;
+            };
+            let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+            let value = p.metadata.labels.as_ref().and_then(|l| l.get(IDLE_LABEL).cloned());
+            let Ok(mut m) = marks.lock() else { return };
+            let changed = m.idle.get(&key).is_none_or(|(v, _)| *v != value);
+            if changed {
+                m.idle.insert(key, (value, Instant::now()));
+            }
+        }
+    });
+}
+
+pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
+    let manager = crate::manager_binary(args.manager_bin.as_deref())?;
+    let daemon = manager.with_file_name("kruise-daemon");
+    anyhow::ensure!(daemon.exists(), "{} not found: build it next to kruise-manager", daemon.display());
+    println!(
+        "# kruise-loadtest probes: {} nodes, {} pods in {} namespaces, {} probes each every {} s, {} replicas",
+        args.nodes, args.pods, args.namespaces, args.probes, args.period_secs, args.replicas
+    );
+    println!("machine: {}; manager: {}", machine(), manager.display());
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let (cp, client) = crate::webhook_control_plane("probes", args.nodes, Duration::from_secs(600)).await?;
+
+    let mut replicas = Vec::new();
+    for i in 0..args.replicas {
+        let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
+        let mut flags = crate::manager_flags(&cp, &format!("probes-{i}"), &metrics_addr);
+        flags.push(format!("--kube-api-qps={}", args.kube_api_qps));
+        flags.push(format!("--kube-api-burst={}", args.kube_api_burst));
+        flags.push("--controllers=podprobemarker".into());
+        let process = Component::spawn(
+            &format!("probes-{i}"),
+            &manager,
+            &flags,
+            &cp.dir().join("logs"),
+            Lifetime::TiedToProcess,
+        )?;
+        replicas.push((metrics_addr, process));
+    }
+    for (addr, _) in &replicas {
+        wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
+    }
+    let daemon_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
+    let daemon_flags = vec![
+        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+        format!("--addr={daemon_addr}"),
+        "--simulated".to_string(),
+        format!("--kube-api-qps={}", args.kube_api_qps),
+        format!("--kube-api-burst={}", args.kube_api_burst),
+    ];
+    let daemon_process =
+        Component::spawn("probes-daemon", &daemon, &daemon_flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
+    wait_for("the daemon to serve", timeout, async || http_get(&daemon_addr, "/healthz").await.is_some()).await?;
+
+    let npps: Api<DynamicObject> =
+        Api::all_with(client.clone(), &kube::api::ApiResource::erase::<kruise::api::nodepodprobe::NodePodProbe>(&()));
+    let started = Instant::now();
+    wait_for("a NodePodProbe per node", timeout, async || {
+        npps.list(&Default::default()).await.is_ok_and(|l| l.items.len() >= args.nodes)
+    })
+    .await?;
+    println!("NodePodProbes for {} nodes after {:.1} s", args.nodes, started.elapsed().as_secs_f64());
+
+    let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
+    for n in &names {
+        let ns =
+            Namespace { metadata: ObjectMeta { name: Some(n.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    }
+    for n in &names {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), n);
+        wait_for("the default ServiceAccounts", timeout, async || {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await?;
+    }
+    let marks = Arc::new(Mutex::new(Marks::default()));
+    follow_marks(&client, marks.clone());
+
+    let started = Instant::now();
+    let creations = futures::stream::iter(0..args.pods).map(|i| {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &names[i % names.len()]);
+        let p = pod(&format!("bench-{i}"), i % args.nodes.max(1));
+        async move { api.create(&PostParams::default(), &p).await }
+    });
+    let created: Vec<_> = creations.buffer_unordered(args.concurrency).collect().await;
+    for c in created {
+        c.context("creating a pod")?;
+    }
+    let create_secs = started.elapsed().as_secs_f64();
+    println!("{} pods created in {create_secs:.1} s", args.pods);
+
+    let started = Instant::now();
+    for n in &names {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            n,
+            &kube::api::ApiResource::erase::<kruise::api::podprobemarker::PodProbeMarker>(&()),
+        );
+        let m: DynamicObject = serde_json::from_value(marker(args.probes, args.period_secs))?;
+        wait_for("the marker webhook to answer", timeout, async || {
+            api.create(&PostParams::default(), &m).await.is_ok()
+        })
+        .await?;
+    }
+    let marked_true = |m: &Marks| m.idle.values().filter(|(v, _)| v.as_deref() == Some("true")).count();
+    wait_for("every pod marked idle", timeout, async || marks.lock().is_ok_and(|m| marked_true(&m) >= args.pods))
+        .await?;
+    let first_marks_secs = started.elapsed().as_secs_f64();
+    println!("every pod marked {first_marks_secs:.1} s after the markers were created");
+
+    // Steady state: every probe running at its period, nothing changing.
+    let writes = async || {
+        let mut manager_writes = 0.0;
+        for (addr, _) in &replicas {
+            manager_writes += scrape(addr).await.sum("kruise_writer_requests_total", "");
+        }
+        let d = scrape(&daemon_addr).await;
+        (manager_writes, d.sum("kruise_writer_requests_total", ""), d.sum("kruise_daemon_probe_runs_total", ""))
+    };
+    let (m0, d0, r0) = writes().await;
+    let cpu = |pid: u32| process_figures(pid).1;
+    let daemon_cpu0 = cpu(daemon_process.pid());
+    let manager_cpu0: Vec<f64> = replicas.iter().map(|(_, p)| cpu(p.pid())).collect();
+    tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
+    let (m1, d1, r1) = writes().await;
+    let secs = args.steady_secs as f64;
+    let (steady_daemon_writes, steady_manager_writes) = ((d1 - d0) / secs, (m1 - m0) / secs);
+    let daemon_cpu_steady = (cpu(daemon_process.pid()) - daemon_cpu0) / secs;
+    let manager_cpu_steady: Vec<f64> =
+        replicas.iter().zip(&manager_cpu0).map(|((_, p), c0)| (cpu(p.pid()) - c0) / secs).collect();
+    println!(
+        "steady {secs:.0} s: {:.1} probe runs/s, daemon writes {steady_daemon_writes:.2}/s, manager writes {steady_manager_writes:.2}/s, daemon CPU {:.2} cores, manager CPU {} cores",
+        (r1 - r0) / secs,
+        daemon_cpu_steady,
+        manager_cpu_steady.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join("/")
+    );
+
+    // Flips: change the outcome of `flips` pods, spread over the namespaces, and time each mark.
+    let flips = args.flips.min(args.pods);
+    let step = (args.pods / flips.max(1)).max(1);
+    let targets: Vec<(String, String)> =
+        (0..flips).map(|k| k * step).map(|i| (names[i % names.len()].clone(), format!("bench-{i}"))).collect();
+    let (m0, d0, _) = writes().await;
+    let flip_started = Instant::now();
+    let mut sent_at: HashMap<(String, String), Instant> = HashMap::new();
+    let patch = json!({ "metadata": { "annotations": { EXEC_ANNOTATION: json!({"exitCode": 1, "stderr": "busy"}).to_string() } } });
+    for (ns, name) in &targets {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        sent_at.insert((ns.clone(), name.clone()), Instant::now());
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    wait_for("every flipped pod marked busy", timeout, async || {
+        marks
+            .lock()
+            .is_ok_and(|m| targets.iter().all(|k| m.idle.get(k).is_some_and(|(v, _)| v.as_deref() == Some("false"))))
+    })
+    .await?;
+    let flip_secs = flip_started.elapsed().as_secs_f64();
+    let (m1, d1, _) = writes().await;
+    let mut latencies: Vec<f64> = {
+        let m = marks.lock().map_err(|_| anyhow::anyhow!("marks poisoned"))?;
+        targets.iter().filter_map(|k| Some(m.idle.get(k)?.1.duration_since(*sent_at.get(k)?).as_secs_f64())).collect()
+    };
+    latencies.sort_by(|a, b| a.total_cmp(b));
+
+    let daemon_figures = process_figures(daemon_process.pid());
+    let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
+    println!(
+        "\n| nodes | pods | probes/pod | period s | pods created s | all marked s | steady daemon writes/s | steady manager writes/s | flip→marked p50 s | p99 s | max s | flip-phase writes (daemon/manager) | daemon CPU s / peak RSS MiB | manager CPU s / peak RSS MiB per replica |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0} in {:.1} s | {:.1} / {:.0} | {} |",
+        args.nodes,
+        args.pods,
+        args.probes,
+        args.period_secs,
+        create_secs,
+        first_marks_secs,
+        steady_daemon_writes,
+        steady_manager_writes,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        d1 - d0,
+        m1 - m0,
+        flip_secs,
+        daemon_figures.1,
+        daemon_figures.0,
+        manager_figures.iter().map(|(rss, cpu)| format!("{cpu:.1} / {rss:.0}")).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
