@@ -286,3 +286,83 @@ async fn a_restarted_daemon_resumes_without_flipping_results() {
     let _daemon = DaemonProcess::start(&cp, "probes-restart-daemon-3", &[flush]);
     wait_marked(&client, ns, "gs-0", "false", "10", "False", Some("busy")).await;
 }
+
+/// Scenario 2: a virtual-kubelet node gets no NodePodProbe (one made for it is deleted), a
+/// NodePodProbe with no node is deleted, and deleting a node deletes its NodePodProbe.
+#[tokio::test]
+async fn node_pod_probes_follow_the_nodes() {
+    use k8s_openapi::api::core::v1::Node;
+    let (cp, client, _managers) = kruise_cluster("probes-nodes", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let kwok_node = node_name(0);
+    eventually(WAIT, "the kwok node's NodePodProbe", || {
+        let client = client.clone();
+        let node = kwok_node.clone();
+        async move { npp(&client, &node).await.is_some() }
+    })
+    .await;
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let virtual_node: Node = serde_json::from_value(json!({
+        "metadata": { "name": "vk-1", "labels": { "type": "virtual-kubelet" } }
+    }))
+    .expect("node");
+    nodes.create(&Default::default(), &virtual_node).await.expect("virtual node");
+    let ready = json!({ "status": { "conditions": [{ "type": "Ready", "status": "True" }] } });
+    nodes.patch_status("vk-1", &PatchParams::default(), &Patch::Merge(&ready)).await.expect("ready");
+    let probes = Api::<DynamicObject>::all_with(client.clone(), &resource("nodepodprobes", "NodePodProbe"));
+    for name in ["vk-1", "ghost"] {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodePodProbe", "metadata": { "name": name }, "spec": {}
+        }))
+        .expect("npp");
+        probes.create(&Default::default(), &o).await.expect("create npp");
+    }
+    for name in ["vk-1", "ghost"] {
+        eventually(WAIT, &format!("NodePodProbe {name} to be deleted"), || {
+            let client = client.clone();
+            async move { npp(&client, name).await.is_none() }
+        })
+        .await;
+    }
+
+    nodes.delete(&kwok_node, &DeleteParams::default()).await.expect("delete node");
+    eventually(WAIT, "the deleted node's NodePodProbe to go", || {
+        let client = client.clone();
+        let node = kwok_node.clone();
+        async move { npp(&client, &node).await.is_none() }
+    })
+    .await;
+}
+
+/// A pod that stops matching the marker leaves the NodePodProbe and loses the marks the marker
+/// set (kruise-rs; upstream keeps both), while a value someone else wrote over a mark stays.
+#[tokio::test]
+async fn a_pod_that_stops_matching_loses_its_entry_and_marks() {
+    let (cp, client, _managers) = kruise_cluster("probes-unmatch", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let _daemon = DaemonProcess::start(&cp, "probes-unmatch-daemon", &["--probe-status-flush-interval=200ms"]);
+    let ns = "game";
+    namespace(&client, ns).await;
+    create_pod(&client, ns, game_server("gs-0", 0, &script(0, "idle", ""))).await.expect("gs-0");
+    create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), game_server_probe()).await.expect("marker");
+    wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+
+    // Someone takes over the deletion cost; then the pod leaves the marker's selector.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let patch = json!({ "metadata": { "annotations": { COST: "5" }, "labels": { "app": "retired" } } });
+    pods.patch("gs-0", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("relabel");
+    eventually(WAIT, "gs-0's entry to leave the NodePodProbe and its marks to go", || {
+        let client = client.clone();
+        let pods = pods.clone();
+        async move {
+            let entries = npp(&client, &node_name(0)).await.and_then(|n| n.spec.pod_probes).unwrap_or_default();
+            let Ok(p) = pods.get("gs-0").await else { return false };
+            entries.is_empty() && label(&p, "gameserver-idle").is_none() && condition(&p, "game.io/idle").is_none()
+        }
+    })
+    .await;
+    let p = pods.get("gs-0").await.expect("gs-0");
+    assert_eq!(annotation(&p, COST), Some("5"), "a value the marker did not write stays");
+    assert_eq!(annotation(&p, MARKS_ANNOTATION), None);
+}
