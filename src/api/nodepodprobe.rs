@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::podprobemarker::ProbeState;
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "apps.kruise.io",
     version = "v1alpha1",
@@ -27,6 +27,21 @@ pub struct NodePodProbeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["namespace", "name", "uid"]))]
     pub pod_probes: Option<Vec<PodProbe>>,
+}
+
+/// `spec: null` (what server-side apply leaves when the last entries are withdrawn) reads as an
+/// empty spec.
+impl<'de> Deserialize<'de> for NodePodProbeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Fields {
+            #[serde(default)]
+            pod_probes: Option<Vec<PodProbe>>,
+        }
+        let fields: Option<Fields> = Option::deserialize(d)?;
+        Ok(NodePodProbeSpec { pod_probes: fields.and_then(|f| f.pod_probes) })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -100,4 +115,25 @@ pub fn spec_may_be_null(mut crd: CustomResourceDefinition) -> CustomResourceDefi
         }
     }
     crd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_spec_reads_as_empty() {
+        let npp: NodePodProbe = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodePodProbe",
+            "metadata": {"name": "n"}, "spec": null
+        }))
+        .unwrap();
+        assert_eq!(npp.spec, NodePodProbeSpec::default());
+        let spec: NodePodProbeSpec = serde_json::from_value(serde_json::json!({"podProbes": null})).unwrap();
+        assert_eq!(spec.pod_probes, None);
+        let spec: NodePodProbeSpec =
+            serde_json::from_value(serde_json::json!({"podProbes": [{"name": "p", "namespace": "ns", "uid": "u"}]}))
+                .unwrap();
+        assert_eq!(spec.pod_probes.unwrap()[0].uid, "u");
+    }
 }

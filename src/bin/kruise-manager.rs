@@ -272,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
             space,
             ownership: ownership.clone(),
             metrics: ppm::MarkerMetrics::register(&registry)?,
+            recent: Default::default(),
         };
         reconcilers.insert(marker.name(), Arc::new(marker));
         let (nodes, probes) = (ObjectStore::default(), ObjectStore::default());

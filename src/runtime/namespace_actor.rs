@@ -229,7 +229,9 @@ impl NamespaceState {
             self.idle_since = None;
             let me = myself.clone();
             let ns = self.args.namespace.clone();
-            let span = info_span!("reconcile", controller = key.0, namespace = %ns, name = %key.1);
+            // A root span: ractor carries the sender's span into message handling, so without
+            // `parent: None` each reconcile's span would nest in the previous one's.
+            let span = info_span!(parent: None, "reconcile", controller = key.0, namespace = %ns, name = %key.1);
             tokio::spawn(
                 async move {
                     let started = Instant::now();

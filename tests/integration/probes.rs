@@ -222,15 +222,17 @@ async fn game_servers_are_marked_idle_and_busy() {
         .delete("gs-1", &DeleteParams::default().grace_period(0))
         .await
         .expect("delete");
-    eventually(WAIT, "gs-1's entry to leave node 1", || {
-        let client = client.clone();
-        async move {
-            let Some(n) = npp(&client, &node_name(1)).await else { return false };
-            n.spec.pod_probes.unwrap_or_default().is_empty()
-                && n.status.and_then(|s| s.pod_probe_statuses).unwrap_or_default().is_empty()
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = npp(&client, &node_name(1)).await.expect("node 1's NodePodProbe");
+        let gone = n.spec.pod_probes.clone().unwrap_or_default().is_empty()
+            && n.status.clone().and_then(|s| s.pod_probe_statuses).unwrap_or_default().is_empty();
+        if gone {
+            break;
         }
-    })
-    .await;
+        assert!(tokio::time::Instant::now() < deadline, "gs-1's entry did not leave node 1: {n:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Deleting the marker: probes out of the NodePodProbes, marks off the pod, then the marker goes.
     markers.delete("game-server-probe", &DeleteParams::default()).await.expect("delete marker");

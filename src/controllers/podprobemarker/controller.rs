@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, join_all};
 use k8s_openapi::api::core::v1::Pod;
@@ -14,11 +14,12 @@ use kube::Client;
 use kube::api::ApiResource;
 use prometheus::{IntCounterVec, Opts};
 use serde_json::json;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, warn};
 
 use super::fanout::{FINALIZER, apply_body, fan_out, field_manager, nodes_to_apply, selects, split_key};
 use super::index::ProbeIndex;
 use super::marking::mark_patch;
+use super::recent::RecentWrites;
 use crate::api::nodepodprobe::NodePodProbe;
 use crate::api::podprobemarker::{PodContainerProbe, PodProbeMarker};
 use crate::controllers::pods::{is_active, typed};
@@ -128,6 +129,7 @@ pub struct PodProbeMarkerController {
     pub space: ShardSpace,
     pub ownership: ShardOwnership,
     pub metrics: MarkerMetrics,
+    pub recent: RecentWrites,
 }
 
 fn resource<K: kube::Resource<DynamicType = ()>>() -> ApiResource {
@@ -151,17 +153,14 @@ impl Reconciler for PodProbeMarkerController {
         let pods: Vec<Pod> = self.pods.in_namespace(namespace).iter().filter_map(|o| typed(o)).collect();
         let index = self.index.clone();
         let metrics = self.metrics.clone();
+        let recent = self.recent.clone();
         let ns = namespace.to_string();
-        let span = info_span!("reconcile", controller = CONTROLLER, namespace = %ns);
-        Box::pin(
-            async move {
-                if ownership.epoch(shard).is_none() {
-                    return Ok(Action::Done);
-                }
-                reconcile_namespace(&ns, &markers, &pods, &index, &metrics).await
+        Box::pin(async move {
+            if ownership.epoch(shard).is_none() {
+                return Ok(Action::Done);
             }
-            .instrument(span),
-        )
+            reconcile_namespace(&ns, &markers, &pods, &index, &metrics, &recent).await
+        })
     }
 }
 
@@ -171,6 +170,7 @@ async fn reconcile_namespace(
     pods: &[Pod],
     index: &RwLock<ProbeIndex>,
     metrics: &MarkerMetrics,
+    recent: &RecentWrites,
 ) -> Result<Action, ReconcileError> {
     let pod_refs: Vec<&Pod> = pods.iter().collect();
     let fanout = fan_out(markers, &pod_refs);
@@ -183,9 +183,16 @@ async fn reconcile_namespace(
     let mut failures: Vec<String> = Vec::new();
 
     // 1. The namespace's entries on each node whose entries differ.
-    let applies = nodes_to_apply(&fanout.by_node, &observed).into_iter().map(|node| {
+    // (Skipping what this replica applied moments ago: the index lags its own writes.)
+    let now = Instant::now();
+    let applies = nodes_to_apply(&fanout.by_node, &observed).into_iter().filter_map(|node| {
         let entries = fanout.by_node.get(&node).cloned().unwrap_or_default();
-        async move {
+        let key = format!("apply/{ns}/{node}");
+        let fingerprint = serde_json::to_string(&entries).unwrap_or_default();
+        if recent.holds(&key, &fingerprint, now) {
+            return None;
+        }
+        Some(async move {
             let target = WriteTarget {
                 resource: resource::<NodePodProbe>(),
                 namespace: None,
@@ -195,8 +202,12 @@ async fn reconcile_namespace(
             let op = WriteOp::Apply { field_manager: field_manager(ns), object: apply_body(&node, &entries) };
             let r = write(target, op).await;
             metrics.count("nodepodprobe_apply", &r);
+            match &r {
+                Ok(()) => recent.remember(key, fingerprint, Instant::now()),
+                Err(_) => recent.forget(&key),
+            }
             r.map_err(|e| format!("applying {ns}'s probes to NodePodProbe {node}: {e}"))
-        }
+        })
     });
     failures.extend(join_all(applies).await.into_iter().filter_map(Result::err));
 
@@ -219,21 +230,30 @@ async fn reconcile_namespace(
         let resolved: HashMap<String, PodContainerProbe> =
             keys.into_iter().filter_map(|k| live(pod, &k).map(|p| (k, p))).collect();
         if let Some(patch) = mark_patch(pod, pod_states, |k| resolved.get(k)) {
-            patches.push((key.0, patch));
+            // The same patch to the same version of the pod was sent moments ago.
+            let fingerprint = format!("{}:{patch}", pod.metadata.resource_version.as_deref().unwrap_or_default());
+            let recent_key = format!("pod/{ns}/{}", key.0);
+            if !recent.holds(&recent_key, &fingerprint, now) {
+                patches.push((key.0, patch, recent_key, fingerprint));
+            }
         }
     }
-    let writes = patches.into_iter().map(|(name, patch)| async move {
+    let writes = patches.into_iter().map(|(name, patch, recent_key, fingerprint)| async move {
         let target = WriteTarget { resource: resource::<Pod>(), namespace: Some(ns.to_string()), name, status: true };
         debug!(pod = %target.name, %patch, "marking pod");
         let r = write(target.clone(), WriteOp::StrategicPatch(patch)).await;
         metrics.count("pod_mark", &r);
+        match &r {
+            Ok(()) => recent.remember(recent_key, fingerprint, Instant::now()),
+            Err(_) => recent.forget(&recent_key),
+        }
         r.map_err(|e| format!("marking pod {ns}/{}: {e}", target.name))
     });
     failures.extend(join_all(writes).await.into_iter().filter_map(Result::err));
 
     // 3. Finalizers and status.
     for marker in markers {
-        if let Err(e) = keep_marker(ns, marker, &fanout.matched, index, failures.is_empty()).await {
+        if let Err(e) = keep_marker(ns, marker, &fanout.matched, index, recent, failures.is_empty()).await {
             failures.push(e);
         }
     }
@@ -251,6 +271,7 @@ async fn keep_marker(
     marker: &PodProbeMarker,
     matched: &std::collections::BTreeMap<String, i64>,
     index: &RwLock<ProbeIndex>,
+    recent: &RecentWrites,
     clean_pass: bool,
 ) -> Result<(), String> {
     let name = marker.metadata.name.clone().unwrap_or_default();
@@ -283,11 +304,17 @@ async fn keep_marker(
     let generation = marker.metadata.generation.unwrap_or_default();
     let pods = matched.get(&name).copied().unwrap_or_default();
     let status = marker.status.clone().unwrap_or_default();
-    if status.observed_generation != generation || status.matched_pods.unwrap_or_default() != pods {
+    let key = format!("status/{ns}/{name}");
+    let fingerprint = format!("{generation}/{pods}");
+    let stale = status.observed_generation != generation || status.matched_pods.unwrap_or_default() != pods;
+    if stale && !recent.holds(&key, &fingerprint, Instant::now()) {
         let patch = json!({ "status": { "observedGeneration": generation, "matchedPods": pods } });
-        write(WriteTarget { status: true, ..target }, WriteOp::MergePatch(patch))
-            .await
-            .map_err(|e| format!("writing the status of {ns}/{name}: {e}"))?;
+        let r = write(WriteTarget { status: true, ..target }, WriteOp::MergePatch(patch)).await;
+        match &r {
+            Ok(()) => recent.remember(key, fingerprint, Instant::now()),
+            Err(_) => recent.forget(&key),
+        }
+        r.map_err(|e| format!("writing the status of {ns}/{name}: {e}"))?;
     }
     Ok(())
 }

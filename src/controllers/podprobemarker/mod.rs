@@ -6,3 +6,4 @@ pub mod controller;
 pub mod fanout;
 pub mod index;
 pub mod marking;
+pub mod recent;
