@@ -213,6 +213,22 @@ async fn game_servers_are_marked_idle_and_busy() {
     let state = &n0.status.unwrap().pod_probe_statuses.unwrap()[0].probe_states.clone().unwrap()[0];
     assert_eq!((state.name.as_str(), state.state), ("game-server-probe#Idle", ProbeState::Failed));
 
+    // The daemon's pod Events, one per change of result.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "a KruiseProbeFailed Event for gs-0", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+            list.iter().any(|e| {
+                e.reason.as_deref() == Some("KruiseProbeFailed")
+                    && e.involved_object.name.as_deref() == Some("gs-0")
+                    && e.message.as_deref().is_some_and(|m| m.contains("busy"))
+                    && e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("kruise-daemon-podprobe")
+            })
+        }
+    })
+    .await;
+
     // And idle again.
     set_script(&client, ns, "gs-0", &script(0, "", "")).await;
     wait_marked(&client, ns, "gs-0", "true", "-10", "True", None).await;

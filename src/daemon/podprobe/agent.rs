@@ -448,7 +448,8 @@ impl AgentState {
                 self.ctx.metrics.status_writes.with_label_values(&["success"]).inc();
                 self.failed_writes = 0;
                 self.status = Some(next);
-                for t in transitions {
+                // Unknown is no result (a new container or probe): no Event, as upstream has none.
+                for t in transitions.into_iter().filter(|t| t.state != ProbeState::Unknown) {
                     tokio::spawn(emit_event(self.node.clone(), t));
                 }
             }
