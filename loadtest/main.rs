@@ -196,6 +196,45 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     Ok(())
 }
 
+/// Creates the namespaces `names` and waits for their default ServiceAccounts (pods need them).
+async fn create_namespaces(client: &Client, names: &[String], timeout: Duration) -> anyhow::Result<()> {
+    for n in names {
+        let ns =
+            Namespace { metadata: ObjectMeta { name: Some(n.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    }
+    for n in names {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), n);
+        wait_for("the default ServiceAccounts", timeout, async || {
+            sas.get_opt("default").await.ok().flatten().is_some()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Creates pods `bench-0..count` round-robin over the namespaces `names`, pod `i` from
+/// `make(name, i)`, `concurrency` requests at a time; returns how long it took (s).
+async fn create_pods(
+    client: &Client,
+    names: &[String],
+    count: usize,
+    concurrency: usize,
+    make: impl Fn(&str, usize) -> k8s_openapi::api::core::v1::Pod,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let creations = futures::stream::iter(0..count).map(|i| {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &names[i % names.len()]);
+        let p = make(&format!("bench-{i}"), i);
+        async move { api.create(&PostParams::default(), &p).await }
+    });
+    let created: Vec<_> = creations.buffer_unordered(concurrency).collect().await;
+    for c in created {
+        c.context("creating a pod")?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// The SidecarSet resource, for dynamic clients.
 fn sidecarsets() -> kube::api::ApiResource {
     kube::api::ApiResource::erase::<kruise::api::sidecarset::SidecarSet>(&())

@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
@@ -193,32 +192,13 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     println!("NodePodProbes for {} nodes after {:.1} s", args.nodes, started.elapsed().as_secs_f64());
 
     let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
-    for n in &names {
-        let ns =
-            Namespace { metadata: ObjectMeta { name: Some(n.clone()), ..Default::default() }, ..Default::default() };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-    }
-    for n in &names {
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), n);
-        wait_for("the default ServiceAccounts", timeout, async || {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
-        .await?;
-    }
+    crate::create_namespaces(&client, &names, timeout).await?;
     let marks = Arc::new(Mutex::new(Marks::default()));
     follow_marks(&client, marks.clone());
 
-    let started = Instant::now();
-    let creations = futures::stream::iter(0..args.pods).map(|i| {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &names[i % names.len()]);
-        let p = pod(&format!("bench-{i}"), i % args.nodes.max(1));
-        async move { api.create(&PostParams::default(), &p).await }
-    });
-    let created: Vec<_> = creations.buffer_unordered(args.concurrency).collect().await;
-    for c in created {
-        c.context("creating a pod")?;
-    }
-    let create_secs = started.elapsed().as_secs_f64();
+    let create_secs =
+        crate::create_pods(&client, &names, args.pods, args.concurrency, |name, i| pod(name, i % args.nodes.max(1)))
+            .await?;
     println!("{} pods created in {create_secs:.1} s", args.pods);
 
     let started = Instant::now();

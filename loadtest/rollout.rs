@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::cluster::Lifetime;
@@ -127,11 +127,6 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
     let timeout = Duration::from_secs(args.timeout_secs);
     let (cp, client) =
         crate::webhook_control_plane(&format!("rollout-{pods}"), args.nodes, Duration::from_secs(300)).await?;
-    let ns = |name: &str| Namespace {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        ..Default::default()
-    };
-
     let mut replicas = Vec::new();
     for i in 0..args.replicas {
         let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
@@ -170,16 +165,7 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
     })
     .await?;
     let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
-    for n in &names {
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(n)).await?;
-    }
-    for n in &names {
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), n);
-        wait_for("the default ServiceAccounts", timeout, async || {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
-        .await?;
-    }
+    crate::create_namespaces(&client, &names, timeout).await?;
     // Every replica's webhook must see the set: probe pods until injected several times in a row.
     let probe: Api<Pod> = Api::namespaced(client.clone(), &names[0]);
     let mut injected_in_a_row = 0;
@@ -194,17 +180,8 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
     })
     .await?;
 
-    let started = Instant::now();
-    let creations = futures::stream::iter(0..pods).map(|i| {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &names[i % names.len()]);
-        let p = pod(&format!("bench-{i}"), i % args.nodes.max(1));
-        async move { api.create(&PostParams::default(), &p).await }
-    });
-    let created: Vec<_> = creations.buffer_unordered(args.concurrency).collect().await;
-    for c in created {
-        c.context("creating a pod")?;
-    }
-    let create_secs = started.elapsed().as_secs_f64();
+    let create_secs =
+        crate::create_pods(&client, &names, pods, args.concurrency, |name, i| pod(name, i % args.nodes.max(1))).await?;
     let n = pods as i64;
     // kwok's own pace (one status patch per pod): the other floor a rollout cannot beat.
     let started = Instant::now();
