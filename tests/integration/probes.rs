@@ -384,3 +384,86 @@ async fn a_pod_that_stops_matching_loses_its_entry_and_marks() {
     assert_eq!(annotation(&p, COST), Some("5"), "a value the marker did not write stays");
     assert_eq!(annotation(&p, MARKS_ANNOTATION), None);
 }
+
+/// Scenarios 7 and 22: two markers with the same condition type on one pod, where only the first
+/// state in status order drives the condition; editing a probe's command replaces it in place, the
+/// state goes Unknown and then takes the new command's result.
+#[tokio::test]
+async fn two_markers_share_a_condition_and_a_changed_probe_starts_over() {
+    let (cp, client, _managers) = kruise_cluster("probes-two", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let _daemon = DaemonProcess::start(&cp, "probes-two-daemon", &["--probe-status-flush-interval=200ms"]);
+    let ns = "game";
+    namespace(&client, ns).await;
+    // Two containers with opposite outcomes, one marker probing each.
+    let mut two = game_server("gs-0", 0, &script(0, "idle", ""));
+    two["spec"]["containers"] =
+        json!([{ "name": "game-server", "image": "game:1" }, { "name": "sidecar", "image": "side:1" }]);
+    two["metadata"]["annotations"]["exec.sim.kruise.io/sidecar"] = json!(script(1, "", "down"));
+    create_pod(&client, ns, two).await.expect("gs-0");
+    let condition_only = |name: &str, container: &str, command: &str| {
+        json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+            "metadata": { "name": name },
+            "spec": {
+                "selector": { "matchLabels": { "app": "game-server" } },
+                "probes": [{
+                    "name": "check", "containerName": container,
+                    "probe": { "exec": { "command": [command] }, "initialDelaySeconds": 1, "periodSeconds": 1 },
+                    "podConditionType": "x.io/y"
+                }]
+            }
+        })
+    };
+    let a = condition_only("a", "game-server", "/a.sh");
+    create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), a).await.expect("a");
+    let b = condition_only("b", "sidecar", "/b.sh");
+    create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), b).await.expect("b");
+
+    // Both probes land in gs-0's entry and both report (Succeeded and Failed); the condition
+    // follows whichever state comes first in the status, and does not flap.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "both states reported and the condition set", || {
+        let client = client.clone();
+        let pods = pods.clone();
+        async move {
+            let Some(n) = npp(&client, &node_name(0)).await else { return false };
+            let states = n.status.and_then(|s| s.pod_probe_statuses).and_then(|e| e.first()?.probe_states.clone());
+            let states = states.unwrap_or_default();
+            let Some(first) = states.first().cloned() else { return false };
+            let want = if first.state == ProbeState::Succeeded { "True" } else { "False" };
+            let Ok(p) = pods.get("gs-0").await else { return false };
+            let differ = states.len() == 2 && states[0].state != states[1].state;
+            differ && condition(&p, "x.io/y").is_some_and(|c| c.message == first.message && c.status == want)
+        }
+    })
+    .await;
+
+    // Editing b's command: the NodePodProbe carries the new command in place.
+    let markers: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &resource("podprobemarkers", "PodProbeMarker"));
+    let edited = condition_only("b", "sidecar", "/b2.sh");
+    let patch = json!({ "spec": { "probes": edited["spec"]["probes"] } });
+    markers.patch("b", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("edit b");
+    eventually(WAIT, "b's new command in the NodePodProbe", || {
+        let client = client.clone();
+        async move {
+            let entries = npp(&client, &node_name(0)).await.and_then(|n| n.spec.pod_probes).unwrap_or_default();
+            let probes = entries.first().and_then(|e| e.probes.clone()).unwrap_or_default();
+            let b = probes.iter().find(|p| p.name == "b#check");
+            probes.len() == 2
+                && b.and_then(|b| b.probe.exec.as_ref()?.command.clone()) == Some(vec!["/b2.sh".to_string()])
+        }
+    })
+    .await;
+    // The daemon carries on with the new probe: the sidecar's outcome, Failed again.
+    eventually(WAIT, "b's state after the change", || {
+        let client = client.clone();
+        async move {
+            let Some(n) = npp(&client, &node_name(0)).await else { return false };
+            let states = n.status.and_then(|s| s.pod_probe_statuses).and_then(|e| e.first()?.probe_states.clone());
+            states.unwrap_or_default().iter().any(|s| s.name == "b#check" && s.state == ProbeState::Failed)
+        }
+    })
+    .await;
+}
