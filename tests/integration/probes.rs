@@ -353,8 +353,9 @@ async fn node_pod_probes_follow_the_nodes() {
     .await;
 }
 
-/// A pod that stops matching the marker leaves the NodePodProbe and loses the marks the marker
-/// set (kruise-rs; upstream keeps both), while a value someone else wrote over a mark stays.
+/// A probe slower than its timeout fails; a pod that stops matching the marker leaves the
+/// NodePodProbe and loses the marks the marker set (kruise-rs; upstream keeps both), while a value
+/// someone else wrote over a mark stays.
 #[tokio::test]
 async fn a_pod_that_stops_matching_loses_its_entry_and_marks() {
     let (cp, client, _managers) = kruise_cluster("probes-unmatch", 1, 1, &[]).await;
@@ -365,6 +366,10 @@ async fn a_pod_that_stops_matching_loses_its_entry_and_marks() {
     create_pod(&client, ns, game_server("gs-0", 0, &script(0, "idle", ""))).await.expect("gs-0");
     create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), game_server_probe()).await.expect("marker");
     wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+
+    // Scenario 21: a script slower than timeoutSeconds (3) fails, with the timeout as message.
+    set_script(&client, ns, "gs-0", &json!({ "exitCode": 0, "latencyMs": 5000 }).to_string()).await;
+    wait_marked(&client, ns, "gs-0", "false", "10", "False", Some("command timed out after 3s")).await;
 
     // Someone takes over the deletion cost; then the pod leaves the marker's selector.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
