@@ -324,21 +324,24 @@ impl CoordinatorState {
             }
         };
         let me = self.args.identity.as_str();
-        for l in &leases {
-            let holder = l.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
-            if holder != Some(me) {
-                continue;
-            }
-            let name = l.metadata.name.as_deref().unwrap_or_default();
-            let result = if name == member_lease_name(me) {
-                self.args.store.delete(l).await
-            } else {
-                self.args.store.update(&lease::released(l)).await.map(|_| ())
-            };
-            if let Err(e) = result {
-                warn!(lease = name, error = %e, "could not release lease; it will expire");
-            }
-        }
+        let store = &self.args.store;
+        // All at once: the others take over as soon as the leases are free, and one slow
+        // request must not hold up the rest.
+        let releases = leases
+            .iter()
+            .filter(|l| l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me))
+            .map(|l| async move {
+                let name = l.metadata.name.as_deref().unwrap_or_default();
+                let result = if name == member_lease_name(me) {
+                    store.delete(l).await
+                } else {
+                    store.update(&lease::released(l)).await.map(|_| ())
+                };
+                if let Err(e) = result {
+                    warn!(lease = name, error = %e, "could not release lease; it will expire");
+                }
+            });
+        futures::future::join_all(releases).await;
         self.args.metrics.shards_held.set(0);
         info!(shards = held.len(), "released all leases");
     }
