@@ -257,6 +257,31 @@ fn manager_flags(cp: &ControlPlane, identity: &str, metrics_addr: &str) -> Vec<S
     ]
 }
 
+/// Starts `count` kruise-managers named `<prefix>-<i>` on `cp` with `extra` flags, and waits
+/// until each is ready; returns each one's metrics address and process.
+async fn start_managers(
+    cp: &ControlPlane,
+    manager: &Path,
+    prefix: &str,
+    count: usize,
+    extra: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, Component)>> {
+    let mut replicas = Vec::new();
+    for i in 0..count {
+        let metrics_addr = format!("127.0.0.1:{}", cluster::control_plane::free_port()?);
+        let identity = format!("{prefix}-{i}");
+        let mut flags = manager_flags(cp, &identity, &metrics_addr);
+        flags.extend(extra.iter().cloned());
+        let process = Component::spawn(&identity, manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
+        replicas.push((metrics_addr, process));
+    }
+    for (addr, _) in &replicas {
+        wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
+    }
+    Ok(replicas)
+}
+
 /// The kruise-manager to run: `--manager-bin`, else the one next to this binary.
 fn manager_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
     let manager = match flag {

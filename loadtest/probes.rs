@@ -151,25 +151,12 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let (cp, client) = crate::webhook_control_plane("probes", args.nodes, Duration::from_secs(600)).await?;
 
-    let mut replicas = Vec::new();
-    for i in 0..args.replicas {
-        let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
-        let mut flags = crate::manager_flags(&cp, &format!("probes-{i}"), &metrics_addr);
-        flags.push(format!("--kube-api-qps={}", args.kube_api_qps));
-        flags.push(format!("--kube-api-burst={}", args.kube_api_burst));
-        flags.push("--controllers=podprobemarker".into());
-        let process = Component::spawn(
-            &format!("probes-{i}"),
-            &manager,
-            &flags,
-            &cp.dir().join("logs"),
-            Lifetime::TiedToProcess,
-        )?;
-        replicas.push((metrics_addr, process));
-    }
-    for (addr, _) in &replicas {
-        wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
-    }
+    let extra = [
+        format!("--kube-api-qps={}", args.kube_api_qps),
+        format!("--kube-api-burst={}", args.kube_api_burst),
+        "--controllers=podprobemarker".to_string(),
+    ];
+    let replicas = crate::start_managers(&cp, &manager, "probes", args.replicas, &extra, timeout).await?;
     let daemon_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
     let daemon_flags = vec![
         format!("--kubeconfig={}", cp.admin_kubeconfig().display()),

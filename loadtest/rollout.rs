@@ -17,8 +17,6 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::cluster::Lifetime;
-use crate::cluster::process::{Component, http_get};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -127,24 +125,8 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
     let timeout = Duration::from_secs(args.timeout_secs);
     let (cp, client) =
         crate::webhook_control_plane(&format!("rollout-{pods}"), args.nodes, Duration::from_secs(300)).await?;
-    let mut replicas = Vec::new();
-    for i in 0..args.replicas {
-        let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
-        let mut flags = crate::manager_flags(&cp, &format!("rollout-{i}"), &metrics_addr);
-        flags.push(format!("--kube-api-qps={}", args.kube_api_qps));
-        flags.push(format!("--kube-api-burst={}", args.kube_api_burst));
-        let process = Component::spawn(
-            &format!("rollout-{i}"),
-            manager,
-            &flags,
-            &cp.dir().join("logs"),
-            Lifetime::TiedToProcess,
-        )?;
-        replicas.push((metrics_addr, process));
-    }
-    for (addr, _) in &replicas {
-        wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
-    }
+    let extra = [format!("--kube-api-qps={}", args.kube_api_qps), format!("--kube-api-burst={}", args.kube_api_burst)];
+    let replicas = crate::start_managers(&cp, manager, "rollout", args.replicas, &extra, timeout).await?;
 
     let sets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::sidecarsets());
     let set = |image: &str| -> anyhow::Result<DynamicObject> {
