@@ -106,7 +106,7 @@ impl LeaseTracker {
         let holder = spec.and_then(|s| s.holder_identity.as_deref()).unwrap_or("");
         // A malformed duration counts as the shortest possible, so the lease can be reclaimed.
         let duration = spec.and_then(|s| s.lease_duration_seconds).and_then(|d| u64::try_from(d).ok()).unwrap_or(1);
-        if holder.is_empty() {
+        if is_free(lease) {
             Holder::Free
         } else if holder == me {
             Holder::Me
@@ -116,6 +116,11 @@ impl LeaseTracker {
             Holder::Other(holder.to_string())
         }
     }
+}
+
+/// No one holds `lease`: it was released (or never taken).
+fn is_free(lease: &Lease) -> bool {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).is_none_or(str::is_empty)
 }
 
 fn now_micro() -> MicroTime {
@@ -200,6 +205,25 @@ pub struct LeaseStore {
 impl LeaseStore {
     pub fn new(client: Client, namespace: &str) -> Self {
         Self { api: Api::namespaced(client, namespace) }
+    }
+
+    /// Watches our leases and calls `departed` whenever one is deleted or released (its holder
+    /// cleared): a replica leaving gracefully, whose shards are free to take right now. Renewals
+    /// are ignored. The watch retries with back-off; the caller aborts the task to stop it.
+    pub fn watch_departures(&self, departed: impl Fn() + Send + 'static) -> tokio::task::JoinHandle<()> {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let events = watcher(self.api.clone(), config).default_backoff();
+        tokio::spawn(events.for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Delete(_)) => departed(),
+                Ok(watcher::Event::Apply(l)) if is_free(&l) => departed(),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "lease watch failed; retrying"),
+            }
+            futures::future::ready(())
+        }))
     }
 
     /// All of our leases (one request).

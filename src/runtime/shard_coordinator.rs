@@ -3,7 +3,8 @@
 //! Every retry period it lists all our leases (one request), renews its membership lease, works out
 //! who is alive and who holds what, asks [`shard_plan::plan`] what to do, and does it with
 //! compare-and-swap writes. What it holds is published through [`ShardOwnership`], which fences
-//! on the renew deadline by itself.
+//! on the renew deadline by itself. A lease watch adds a round as soon as another replica releases
+//! its leases, so a graceful handoff does not wait for the next tick.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,6 +55,11 @@ pub struct CoordinatorArgs {
 
 pub enum CoordinatorMsg {
     Tick,
+    /// A replica left gracefully (its leases were released): rebalance now rather than at the
+    /// next tick, so its shards move within a fraction of the retry period.
+    Departure,
+    /// The round a burst of departures asked for.
+    DepartureRound,
     /// Give up every lease at once (graceful shutdown), then stop.
     Release(RpcReplyPort<()>),
 }
@@ -65,7 +71,15 @@ pub struct CoordinatorState {
     /// Rounds completed. The first only announces membership: replicas that start together then
     /// see each other before taking shards, instead of one grabbing everything and giving most back.
     rounds: u64,
+    /// A departure round is scheduled; later departures in the same burst join it.
+    departure_round_pending: bool,
+    /// The lease watch that reports departures.
+    departures: tokio::task::JoinHandle<()>,
 }
+
+/// How long a departure round waits for the rest of the burst: a leaving replica releases all its
+/// leases at once, and one round should see them all.
+const DEPARTURE_GATHER: Duration = Duration::from_millis(50);
 
 pub struct ShardCoordinator;
 
@@ -81,7 +95,23 @@ impl Actor for ShardCoordinator {
     ) -> Result<Self::State, ActorProcessingErr> {
         let preferred_start = shard_plan::preferred_start(args.space, &args.identity);
         myself.send_message(CoordinatorMsg::Tick)?;
-        Ok(CoordinatorState { args, tracker: LeaseTracker::default(), preferred_start, rounds: 0 })
+        let me = myself.clone();
+        let departures = args.store.watch_departures(move || {
+            let _ = me.send_message(CoordinatorMsg::Departure);
+        });
+        Ok(CoordinatorState {
+            args,
+            tracker: LeaseTracker::default(),
+            preferred_start,
+            rounds: 0,
+            departure_round_pending: false,
+            departures,
+        })
+    }
+
+    async fn post_stop(&self, _: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.departures.abort();
+        Ok(())
     }
 
     async fn handle(
@@ -92,24 +122,19 @@ impl Actor for ShardCoordinator {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CoordinatorMsg::Tick => {
-                let period = state.args.timings.retry_period;
-                // Shards that lapsed while no round ran are reported lost before anything renews them.
-                state.expire_lapsed();
-                // A round must not outlive the renew deadline: past it our shards are fenced anyway.
-                let round = tokio::time::timeout(state.args.timings.renew_deadline, state.round());
-                match round.await {
-                    Ok(Ok(())) => {
-                        state.rounds += 1;
-                        if state.rounds > 1 {
-                            state.args.ready.set();
-                        }
-                    }
-                    Ok(Err(e)) => warn!(error = %e, "shard lease round failed; retrying"),
-                    Err(_) => warn!("shard lease round timed out; retrying"),
-                }
-                state.expire_lapsed();
+                state.run_round().await;
                 // Schedule the next round only now, so slow rounds never pile up ticks.
-                myself.send_after(period, || CoordinatorMsg::Tick);
+                myself.send_after(state.args.timings.retry_period, || CoordinatorMsg::Tick);
+            }
+            // Before the first round, membership is not announced yet: the ticks come first.
+            CoordinatorMsg::Departure if state.departure_round_pending || state.rounds == 0 => {}
+            CoordinatorMsg::Departure => {
+                state.departure_round_pending = true;
+                myself.send_after(DEPARTURE_GATHER, || CoordinatorMsg::DepartureRound);
+            }
+            CoordinatorMsg::DepartureRound => {
+                state.departure_round_pending = false;
+                state.run_round().await;
             }
             CoordinatorMsg::Release(reply) => {
                 state.release_all().await;
@@ -122,6 +147,23 @@ impl Actor for ShardCoordinator {
 }
 
 impl CoordinatorState {
+    async fn run_round(&mut self) {
+        // Shards that lapsed while no round ran are reported lost before anything renews them.
+        self.expire_lapsed();
+        // A round must not outlive the renew deadline: past it our shards are fenced anyway.
+        match tokio::time::timeout(self.args.timings.renew_deadline, self.round()).await {
+            Ok(Ok(())) => {
+                self.rounds += 1;
+                if self.rounds > 1 {
+                    self.args.ready.set();
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "shard lease round failed; retrying"),
+            Err(_) => warn!("shard lease round timed out; retrying"),
+        }
+        self.expire_lapsed();
+    }
+
     async fn round(&mut self) -> Result<(), LeaseError> {
         let started = Instant::now();
         let leases = self.args.store.list().await?;
