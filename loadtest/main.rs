@@ -548,6 +548,72 @@ impl Scrape {
     }
 }
 
+/// What the API server served, by (verb, resource): request count and seconds spent, from its
+/// own /metrics. Two readings subtract to what a phase of a run cost the server.
+#[derive(Default)]
+struct ApiServerLoad {
+    by_request: BTreeMap<(String, String), (f64, f64)>,
+}
+
+impl ApiServerLoad {
+    async fn read(client: &Client) -> Self {
+        let request = http::Request::get("/metrics").body(Vec::new()).expect("a static request");
+        let text = client.request_text(request).await.unwrap_or_default();
+        let mut by_request: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Some((metric, labels)) = series.split_once('{') else { continue };
+            let slot = match metric {
+                "apiserver_request_total" => 0,
+                "apiserver_request_duration_seconds_sum" => 1,
+                _ => continue,
+            };
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\"")?.strip_suffix('"'))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let resource = match label("subresource").as_str() {
+                "" => label("resource"),
+                sub => format!("{}/{sub}", label("resource")),
+            };
+            let entry = by_request.entry((label("verb"), resource)).or_default();
+            let v = value.parse::<f64>().unwrap_or(0.0);
+            if slot == 0 { entry.0 += v } else { entry.1 += v }
+        }
+        Self { by_request }
+    }
+
+    /// Requests since `before`, busiest (by server seconds) first; WATCH counts streams held
+    /// open, not work, so it is left out of the seconds.
+    fn since(&self, before: &Self) -> Vec<(String, String, f64, f64)> {
+        let mut rows: Vec<(String, String, f64, f64)> = self
+            .by_request
+            .iter()
+            .map(|((verb, resource), (n, secs))| {
+                let (n0, s0) = before.by_request.get(&(verb.clone(), resource.clone())).copied().unwrap_or_default();
+                let secs = if verb == "WATCH" { 0.0 } else { secs - s0 };
+                (verb.clone(), resource.clone(), n - n0, secs)
+            })
+            .filter(|r| r.2 > 0.0)
+            .collect();
+        rows.sort_by(|a, b| b.3.total_cmp(&a.3).then(b.2.total_cmp(&a.2)));
+        rows
+    }
+
+    /// Prints the `top` busiest rows of a phase lasting `secs`.
+    fn report(&self, before: &Self, phase: &str, secs: f64, top: usize) {
+        let rows = self.since(before);
+        let total: f64 = rows.iter().filter(|r| r.0 != "WATCH").map(|r| r.2).sum();
+        println!("API server, {phase}: {total:.0} requests ({:.0}/s); busiest:", total / secs.max(0.001));
+        for (verb, resource, n, s) in rows.iter().take(top) {
+            println!("  {verb:<8} {resource:<28} {n:>8.0} requests {:>7.1}/s  {s:>8.1} server s", n / secs.max(0.001));
+        }
+    }
+}
+
 fn label(r: &RunResult) -> String {
     format!("{} replica(s), server sharding {}", r.replicas, if r.sharding == OnOff::On { "on" } else { "off" })
 }

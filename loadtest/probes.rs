@@ -114,6 +114,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[derive(Default)]
 struct Marks {
     idle: HashMap<(String, String), (Option<String>, Instant)>,
+    /// Pods kwok has started (`Initialized=True`): only these can be probed.
+    initialized: std::collections::HashSet<(String, String)>,
 }
 
 fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) {
@@ -131,6 +133,9 @@ fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) {
             let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
             let value = p.metadata.labels.as_ref().and_then(|l| l.get(IDLE_LABEL).cloned());
             let Ok(mut m) = marks.lock() else { return };
+            if kruise::controllers::pods::condition_is_true(&p, "Initialized") {
+                m.initialized.insert(key.clone());
+            }
             let changed = m.idle.get(&key).is_none_or(|(v, _)| *v != value);
             if changed {
                 m.idle.insert(key, (value, Instant::now()));
@@ -187,7 +192,17 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
         crate::create_pods(&client, &names, args.pods, args.concurrency, |name, i| pod(name, i % args.nodes.max(1)))
             .await?;
     println!("{} pods created in {create_secs:.1} s", args.pods);
+    // The markers come once kwok has started every pod, so the marking phase measures kruise-rs
+    // rather than kwok's status updates (which load the same API server).
+    let started = Instant::now();
+    wait_for("kwok to start every pod", timeout, async || {
+        marks.lock().is_ok_and(|m| m.initialized.len() >= args.pods)
+    })
+    .await?;
+    let kwok_secs = started.elapsed().as_secs_f64();
+    println!("kwok started every pod {kwok_secs:.1} s later");
 
+    let load_before_markers = crate::ApiServerLoad::read(&client).await;
     let started = Instant::now();
     for n in &names {
         let api: Api<DynamicObject> = Api::namespaced_with(
@@ -216,6 +231,8 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     .await?;
     let first_marks_secs = started.elapsed().as_secs_f64();
     println!("every pod marked {first_marks_secs:.1} s after the markers were created");
+    let load_marked = crate::ApiServerLoad::read(&client).await;
+    load_marked.report(&load_before_markers, "until every pod was marked", first_marks_secs, 12);
 
     // Steady state: every probe running at its period, nothing changing.
     let writes = async || {
@@ -233,6 +250,8 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
     let (m1, d1, r1) = writes().await;
     let secs = args.steady_secs as f64;
+    let load_steady = crate::ApiServerLoad::read(&client).await;
+    load_steady.report(&load_marked, "steady state", secs, 8);
     let (steady_daemon_writes, steady_manager_writes) = ((d1 - d0) / secs, (m1 - m0) / secs);
     let daemon_cpu_steady = (cpu(daemon_process.pid()) - daemon_cpu0) / secs;
     let manager_cpu_steady: Vec<f64> =
@@ -265,6 +284,7 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     })
     .await?;
     let flip_secs = flip_started.elapsed().as_secs_f64();
+    crate::ApiServerLoad::read(&client).await.report(&load_steady, "flips", flip_secs, 8);
     let (m1, d1, _) = writes().await;
     let mut latencies: Vec<f64> = {
         let m = marks.lock().map_err(|_| anyhow::anyhow!("marks poisoned"))?;
@@ -275,16 +295,17 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     let daemon_figures = process_figures(daemon_process.pid());
     let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
     println!(
-        "\n| nodes | pods | probes/pod | period s | pods created s | all marked s | steady daemon writes/s | steady manager writes/s | flip→marked p50 s | p99 s | max s | flip-phase writes (daemon/manager) | daemon CPU s / peak RSS MiB | manager CPU s / peak RSS MiB per replica |"
+        "\n| nodes | pods | probes/pod | period s | pods created s | kwok started them s | all marked s | steady daemon writes/s | steady manager writes/s | flip→marked p50 s | p99 s | max s | flip-phase writes (daemon/manager) | daemon CPU s / peak RSS MiB | manager CPU s / peak RSS MiB per replica |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0} in {:.1} s | {:.1} / {:.0} | {} |",
+        "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0} in {:.1} s | {:.1} / {:.0} | {} |",
         args.nodes,
         args.pods,
         args.probes,
         args.period_secs,
         create_secs,
+        kwok_secs,
         first_marks_secs,
         steady_daemon_writes,
         steady_manager_writes,

@@ -37,6 +37,12 @@ pub const CONTROLLER: &str = "podprobemarker-controller";
 /// yet (upstream never retries).
 const NODE_WAIT: Duration = Duration::from_secs(5);
 
+/// The least time between two applies of a namespace's entries to one NodePodProbe, and between
+/// two status writes of one marker: a burst of pod changes then costs one write, not one each.
+/// A change after a quiet spell still goes out at once.
+const APPLY_SPACING: Duration = Duration::from_secs(1);
+const STATUS_SPACING: Duration = Duration::from_secs(2);
+
 /// What the controller watches besides pods: every PodProbeMarker, routed per namespace.
 pub fn watch_spec(store: ObjectStore) -> WatchSpec {
     WatchSpec {
@@ -185,14 +191,22 @@ async fn reconcile_namespace(
     // 1. The namespace's entries on each node whose entries differ.
     // (Skipping what this replica applied moments ago: the index lags its own writes.)
     let now = Instant::now();
-    let applies = nodes_to_apply(&fanout.by_node, &observed).into_iter().filter_map(|node| {
+    // Writes held back to keep their spacing; the reconcile comes back for them.
+    let mut deferred: Vec<Duration> = Vec::new();
+    let mut due = Vec::new();
+    for node in nodes_to_apply(&fanout.by_node, &observed) {
         let entries = fanout.by_node.get(&node).cloned().unwrap_or_default();
         let key = format!("apply/{ns}/{node}");
         let fingerprint = serde_json::to_string(&entries).unwrap_or_default();
         if recent.holds(&key, &fingerprint, now) {
-            return None;
+            continue;
         }
-        Some(async move {
+        match recent.wait(&key, APPLY_SPACING, now) {
+            Some(d) => deferred.push(d),
+            None => due.push((node, entries, key, fingerprint)),
+        }
+    }
+    let applies = due.into_iter().map(|(node, entries, key, fingerprint)| async move {
             let target = WriteTarget {
                 resource: resource::<NodePodProbe>(),
                 namespace: None,
@@ -207,7 +221,6 @@ async fn reconcile_namespace(
                 Err(_) => recent.forget(&key),
             }
             r.map_err(|e| format!("applying {ns}'s probes to NodePodProbe {node}: {e}"))
-        })
     });
     failures.extend(join_all(applies).await.into_iter().filter_map(Result::err));
 
@@ -252,20 +265,27 @@ async fn reconcile_namespace(
     failures.extend(join_all(writes).await.into_iter().filter_map(Result::err));
 
     // 3. Finalizers and status.
+    let clean_pass = failures.is_empty() && deferred.is_empty();
     for marker in markers {
-        if let Err(e) = keep_marker(ns, marker, &fanout.matched, index, recent, failures.is_empty()).await {
-            failures.push(e);
+        match keep_marker(ns, marker, &fanout.matched, index, recent, clean_pass).await {
+            Ok(Some(d)) => deferred.push(d),
+            Ok(None) => {}
+            Err(e) => failures.push(e),
         }
     }
 
     if !failures.is_empty() {
         return Err(ReconcileError(failures.join("; ")));
     }
-    Ok(if waiting_for_node { Action::RequeueAfter(NODE_WAIT) } else { Action::Done })
+    let node_wait = waiting_for_node.then_some(NODE_WAIT);
+    Ok(match deferred.into_iter().chain(node_wait).min() {
+        Some(d) => Action::RequeueAfter(d),
+        None => Action::Done,
+    })
 }
 
 /// A marker's finalizer (added while it lives, removed once its probes are gone everywhere) and
-/// its status.
+/// its status. Returns how long a status write is held back to keep its spacing.
 async fn keep_marker(
     ns: &str,
     marker: &PodProbeMarker,
@@ -273,7 +293,7 @@ async fn keep_marker(
     index: &RwLock<ProbeIndex>,
     recent: &RecentWrites,
     clean_pass: bool,
-) -> Result<(), String> {
+) -> Result<Option<Duration>, String> {
     let name = marker.metadata.name.clone().unwrap_or_default();
     let target = WriteTarget {
         resource: resource::<PodProbeMarker>(),
@@ -291,7 +311,7 @@ async fn keep_marker(
             let patch = json!({ "metadata": { "finalizers": rest, "resourceVersion": rv } });
             write(target, WriteOp::MergePatch(patch)).await.map_err(|e| format!("releasing {ns}/{name}: {e}"))?;
         }
-        return Ok(());
+        return Ok(None);
     }
     if !has {
         let mut all = finalizers.clone();
@@ -307,14 +327,19 @@ async fn keep_marker(
     let key = format!("status/{ns}/{name}");
     let fingerprint = format!("{generation}/{pods}");
     let stale = status.observed_generation != generation || status.matched_pods.unwrap_or_default() != pods;
-    if stale && !recent.holds(&key, &fingerprint, Instant::now()) {
-        let patch = json!({ "status": { "observedGeneration": generation, "matchedPods": pods } });
-        let r = write(WriteTarget { status: true, ..target }, WriteOp::MergePatch(patch)).await;
-        match &r {
-            Ok(()) => recent.remember(key, fingerprint, Instant::now()),
-            Err(_) => recent.forget(&key),
-        }
-        r.map_err(|e| format!("writing the status of {ns}/{name}: {e}"))?;
+    let now = Instant::now();
+    if !stale || recent.holds(&key, &fingerprint, now) {
+        return Ok(None);
     }
-    Ok(())
+    // matchedPods moves with every pod that starts: one write per spacing carries the latest.
+    if let Some(d) = recent.wait(&key, STATUS_SPACING, now) {
+        return Ok(Some(d));
+    }
+    let patch = json!({ "status": { "observedGeneration": generation, "matchedPods": pods } });
+    let r = write(WriteTarget { status: true, ..target }, WriteOp::MergePatch(patch)).await;
+    match &r {
+        Ok(()) => recent.remember(key, fingerprint, Instant::now()),
+        Err(_) => recent.forget(&key),
+    }
+    r.map(|()| None).map_err(|e| format!("writing the status of {ns}/{name}: {e}"))
 }

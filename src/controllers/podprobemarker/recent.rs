@@ -29,6 +29,15 @@ impl RecentWrites {
         m.insert(key, (value, now));
     }
 
+    /// How long until `spacing` has passed since the last successful write to `key`, whatever it
+    /// wrote; None when a write may go out now. Spacing the writes to one object lets a burst of
+    /// changes (pods starting one after another on a node) go out as one write.
+    pub fn wait(&self, key: &str, spacing: Duration, now: Instant) -> Option<Duration> {
+        let m = self.0.lock().ok()?;
+        let (_, at) = m.get(key)?;
+        spacing.checked_sub(now.duration_since(*at)).filter(|d| !d.is_zero())
+    }
+
     pub fn forget(&self, key: &str) {
         if let Ok(mut m) = self.0.lock() {
             m.remove(key);
@@ -41,7 +50,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_identical_write_is_skipped_only_for_a_while() {
+    fn an_identical_write_is_skipped_only_for_a_while_and_writes_are_spaced() {
         let r = RecentWrites::default();
         let t0 = Instant::now();
         assert!(!r.holds("pod/ns/a", "rv1:patch", t0));
@@ -49,6 +58,9 @@ mod tests {
         assert!(r.holds("pod/ns/a", "rv1:patch", t0 + Duration::from_secs(1)));
         assert!(!r.holds("pod/ns/a", "rv2:patch", t0 + Duration::from_secs(1)), "another write goes out");
         assert!(!r.holds("pod/ns/a", "rv1:patch", t0 + TTL), "and the same one again after the TTL");
+        assert_eq!(r.wait("pod/ns/a", Duration::from_secs(3), t0 + Duration::from_secs(1)), Some(Duration::from_secs(2)));
+        assert_eq!(r.wait("pod/ns/a", Duration::from_secs(3), t0 + Duration::from_secs(3)), None);
+        assert_eq!(r.wait("pod/ns/b", Duration::from_secs(3), t0), None, "never written: no wait");
         r.forget("pod/ns/a");
         assert!(!r.holds("pod/ns/a", "rv1:patch", t0 + Duration::from_secs(1)));
     }

@@ -175,8 +175,8 @@ impl Actor for ProbeActor {
                 }
             }
             ProbeMsg::Tick => {
-                st.probe_once().await;
-                myself.send_after(period(st.worker.spec()), || ProbeMsg::Tick);
+                let next = st.probe_once().await.unwrap_or_else(|| period(st.worker.spec()));
+                myself.send_after(next, || ProbeMsg::Tick);
             }
         }
         Ok(())
@@ -188,18 +188,23 @@ impl ProbeActorState {
         let _ = self.agent.send_message(AgentMsg::Result { key: self.key.clone(), record, at: Timestamp::now() });
     }
 
-    async fn probe_once(&mut self) {
+    /// Runs the probe if it is due; returns when to tick next if sooner than a period.
+    async fn probe_once(&mut self) -> Option<Duration> {
         let runtime = self.ctx.runtime.clone();
         let container = match runtime.container(&self.key.uid, &self.key.container).await {
             Ok(c) => c,
             Err(e) => {
                 debug!(pod = %self.key.pod, error = %e, "container lookup failed");
                 self.ctx.metrics.runs.with_label_values(&["error"]).inc();
-                return;
+                return None;
             }
         };
         match self.worker.tick(container.as_ref(), Timestamp::now()) {
             Step::Wait(records) => records.into_iter().for_each(|r| self.report(r)),
+            Step::Delayed { records, ready_in } => {
+                records.into_iter().for_each(|r| self.report(r));
+                return Some(ready_in.min(period(self.worker.spec())));
+            }
             Step::Exec { records, container_id, command, timeout } => {
                 records.into_iter().for_each(|r| self.report(r));
                 // The runtime enforces the timeout; this is the backstop for one that does not.
@@ -213,7 +218,7 @@ impl ProbeActorState {
                     Ok(Err(e)) => {
                         debug!(pod = %self.key.pod, error = %e, "exec failed; nothing recorded");
                         self.ctx.metrics.runs.with_label_values(&["error"]).inc();
-                        return;
+                        return None;
                     }
                     Err(_) => ExecOutcome::TimedOut,
                 };
@@ -228,6 +233,7 @@ impl ProbeActorState {
                 }
             }
         }
+        None
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Seed {
 pub enum Step {
     /// Record these (possibly nothing) and wait for the next tick.
     Wait(Vec<Recorded>),
+    /// Record these; the container's initial delay ends in `ready_in`, so tick again then rather
+    /// than a whole period later (a new pod's first result should not wait a period).
+    Delayed { records: Vec<Recorded>, ready_in: Duration },
     /// Record these, then run the command with the timeout and report the outcome.
     Exec { records: Vec<Recorded>, container_id: String, command: Vec<String>, timeout: Duration },
 }
@@ -128,8 +131,11 @@ impl ProbeWorker {
         }
         let delay = i64::from(at_least_one(self.spec.initial_delay_seconds));
         let started = c.started_at.unwrap_or(now);
+        // Whole seconds since the start, as upstream counts them.
         if now.as_second() - started.as_second() < delay {
-            return Step::Wait(records);
+            let ready = Timestamp::from_second(started.as_second() + delay).unwrap_or(now);
+            let ready_in = Duration::try_from(ready.duration_since(now)).unwrap_or_default();
+            return Step::Delayed { records, ready_in };
         }
         let Some(command) = self.spec.exec.as_ref().and_then(|e| e.command.clone()) else {
             // Only exec probes exist at this API level (the webhook refuses the others).
@@ -201,7 +207,9 @@ mod tests {
 
     fn states(step: &Step) -> Vec<ProbeState> {
         match step {
-            Step::Wait(r) | Step::Exec { records: r, .. } => r.iter().map(|r| r.state).collect(),
+            Step::Wait(r) | Step::Delayed { records: r, .. } | Step::Exec { records: r, .. } => {
+                r.iter().map(|r| r.state).collect()
+            }
         }
     }
 
@@ -212,7 +220,8 @@ mod tests {
         assert_eq!(w.tick(None, t(1)), Step::Wait(vec![]), "no container: nothing recorded");
         let first = w.tick(Some(&c), t(5));
         assert_eq!(states(&first), [ProbeState::Unknown], "a new container starts Unknown");
-        assert!(matches!(first, Step::Wait(_)), "before initialDelaySeconds nothing runs");
+        let Step::Delayed { ready_in, .. } = first else { panic!("before initialDelaySeconds nothing runs") };
+        assert_eq!(ready_in, Duration::from_secs(5), "the next tick comes when the 10 s initial delay ends");
         let Step::Exec { records, command, timeout, container_id } = w.tick(Some(&c), t(10)) else { panic!() };
         assert!(records.is_empty());
         assert_eq!(
@@ -241,7 +250,10 @@ mod tests {
         assert_eq!((r[0].state, r[0].message.as_str()), (ProbeState::Failed, "Container(game-server) is Non-running"));
         let restarted = w.tick(Some(&running("c2", 35)), t(40));
         assert_eq!(states(&restarted), [ProbeState::Unknown]);
-        assert!(matches!(restarted, Step::Wait(_)), "re-probed once initialDelaySeconds passed since the new start");
+        assert!(
+            matches!(restarted, Step::Delayed { ready_in, .. } if ready_in == Duration::from_secs(5)),
+            "re-probed once initialDelaySeconds passed since the new start"
+        );
         assert!(matches!(w.tick(Some(&running("c2", 35)), t(45)), Step::Exec { .. }));
     }
 
