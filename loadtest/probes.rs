@@ -195,10 +195,8 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     // The markers come once kwok has started every pod, so the marking phase measures kruise-rs
     // rather than kwok's status updates (which load the same API server).
     let started = Instant::now();
-    wait_for("kwok to start every pod", timeout, async || {
-        marks.lock().is_ok_and(|m| m.initialized.len() >= args.pods)
-    })
-    .await?;
+    wait_for("kwok to start every pod", timeout, async || marks.lock().is_ok_and(|m| m.initialized.len() >= args.pods))
+        .await?;
     let kwok_secs = started.elapsed().as_secs_f64();
     println!("kwok started every pod {kwok_secs:.1} s later");
 

@@ -207,20 +207,16 @@ async fn reconcile_namespace(
         }
     }
     let applies = due.into_iter().map(|(node, entries, key, fingerprint)| async move {
-            let target = WriteTarget {
-                resource: resource::<NodePodProbe>(),
-                namespace: None,
-                name: node.clone(),
-                status: false,
-            };
-            let op = WriteOp::Apply { field_manager: field_manager(ns), object: apply_body(&node, &entries) };
-            let r = write(target, op).await;
-            metrics.count("nodepodprobe_apply", &r);
-            match &r {
-                Ok(()) => recent.remember(key, fingerprint, Instant::now()),
-                Err(_) => recent.forget(&key),
-            }
-            r.map_err(|e| format!("applying {ns}'s probes to NodePodProbe {node}: {e}"))
+        let target =
+            WriteTarget { resource: resource::<NodePodProbe>(), namespace: None, name: node.clone(), status: false };
+        let op = WriteOp::Apply { field_manager: field_manager(ns), object: apply_body(&node, &entries) };
+        let r = write(target, op).await;
+        metrics.count("nodepodprobe_apply", &r);
+        match &r {
+            Ok(()) => recent.remember(key, fingerprint, Instant::now()),
+            Err(_) => recent.forget(&key),
+        }
+        r.map_err(|e| format!("applying {ns}'s probes to NodePodProbe {node}: {e}"))
     });
     failures.extend(join_all(applies).await.into_iter().filter_map(Result::err));
 

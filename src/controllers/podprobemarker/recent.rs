@@ -58,7 +58,10 @@ mod tests {
         assert!(r.holds("pod/ns/a", "rv1:patch", t0 + Duration::from_secs(1)));
         assert!(!r.holds("pod/ns/a", "rv2:patch", t0 + Duration::from_secs(1)), "another write goes out");
         assert!(!r.holds("pod/ns/a", "rv1:patch", t0 + TTL), "and the same one again after the TTL");
-        assert_eq!(r.wait("pod/ns/a", Duration::from_secs(3), t0 + Duration::from_secs(1)), Some(Duration::from_secs(2)));
+        assert_eq!(
+            r.wait("pod/ns/a", Duration::from_secs(3), t0 + Duration::from_secs(1)),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(r.wait("pod/ns/a", Duration::from_secs(3), t0 + Duration::from_secs(3)), None);
         assert_eq!(r.wait("pod/ns/b", Duration::from_secs(3), t0), None, "never written: no wait");
         r.forget("pod/ns/a");
