@@ -229,9 +229,19 @@ async fn game_servers_are_marked_idle_and_busy() {
     })
     .await;
 
-    // And idle again.
+    // And idle again. Back from busy is news (an Event); gs-1's first idle result was not.
     set_script(&client, ns, "gs-0", &script(0, "", "")).await;
     wait_marked(&client, ns, "gs-0", "true", "-10", "True", None).await;
+    let succeeded_events = async |pod: &str| {
+        let list = events.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+        list.iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("KruiseProbeSucceeded") && e.involved_object.name.as_deref() == Some(pod)
+            })
+            .count()
+    };
+    eventually(WAIT, "a KruiseProbeSucceeded Event for gs-0", || async { succeeded_events("gs-0").await == 1 }).await;
+    assert_eq!(succeeded_events("gs-1").await, 0, "a first Succeeded gets no Event");
 
     // A deleted pod leaves its node's NodePodProbe, spec and status.
     Api::<Pod>::namespaced(client.clone(), ns)

@@ -454,8 +454,7 @@ impl AgentState {
                 self.ctx.metrics.status_writes.with_label_values(&["success"]).inc();
                 self.failed_writes = 0;
                 self.status = Some(next);
-                // Unknown is no result (a new container or probe): no Event, as upstream has none.
-                for t in transitions.into_iter().filter(|t| t.state != ProbeState::Unknown) {
+                for t in transitions.into_iter().filter(Transition::deserves_event) {
                     tokio::spawn(emit_event(self.node.clone(), t));
                 }
             }

@@ -44,8 +44,24 @@ pub struct Transition {
     pub namespace: String,
     pub pod: String,
     pub probe: String,
+    /// The state it had in the status before (None: the first state recorded).
+    pub from: Option<ProbeState>,
     pub state: ProbeState,
     pub message: String,
+}
+
+impl Transition {
+    /// Whether the pod gets an Event for it. Unknown is no result (a new container or probe). A
+    /// first result that is Succeeded is the expected news and gets none: a marker over 20k pods
+    /// would otherwise write 20k Events per probe at once (upstream writes one per sync). A change
+    /// of a known result, and any Failed, do get one.
+    pub fn deserves_event(&self) -> bool {
+        match self.state {
+            ProbeState::Unknown => false,
+            ProbeState::Failed => true,
+            ProbeState::Succeeded => self.from.is_some_and(|f| f != ProbeState::Unknown),
+        }
+    }
 }
 
 /// The status `current` becomes with `results`: states of probes no longer in `spec` and entries
@@ -92,6 +108,7 @@ pub fn next_status(
                     s.last_probe_time = probe_time;
                 }
                 found => {
+                    let from = found.as_ref().map(|s| s.state);
                     let state = ContainerProbeState {
                         name: probe.name.clone(),
                         state: r.state,
@@ -107,6 +124,7 @@ pub fn next_status(
                         namespace: pod.namespace.clone(),
                         pod: pod.name.clone(),
                         probe: probe.name.clone(),
+                        from,
                         state: r.state,
                         message: r.message.clone(),
                     });
@@ -160,6 +178,21 @@ mod tests {
         assert_eq!(states[1].message.as_deref(), Some("busy"));
         assert_eq!(states[0].last_transition_time, Some(Time(t(2))));
         assert_eq!(tr.len(), 2);
+        let eventful: Vec<&str> = tr.iter().filter(|t| t.deserves_event()).map(|t| t.probe.as_str()).collect();
+        assert_eq!(eventful, ["m#b"], "a first Failed gets an Event, a first Succeeded none");
+
+        // A known result that changes gets one, whichever way; Unknown never does.
+        results.insert(("u-p1".into(), "m#b".into()), result(ProbeState::Succeeded, "", 3));
+        let (flipped, tr) = next_status(&s1, &spec, &results, t(3));
+        assert_eq!(tr.len(), 1);
+        assert_eq!((tr[0].from, tr[0].deserves_event()), (Some(ProbeState::Failed), true));
+        results.insert(("u-p1".into(), "m#b".into()), result(ProbeState::Unknown, "", 4));
+        let (restarted, tr) = next_status(&flipped, &spec, &results, t(4));
+        assert!(!tr[0].deserves_event(), "a restart's Unknown");
+        results.insert(("u-p1".into(), "m#b".into()), result(ProbeState::Succeeded, "", 5));
+        let (_, tr) = next_status(&restarted, &spec, &results, t(5));
+        assert!(!tr[0].deserves_event(), "Succeeded again after a restart is the expected news");
+        results.insert(("u-p1".into(), "m#b".into()), result(ProbeState::Failed, "busy", 1));
 
         // The same state again: probe time moves, transition time stays, no transition.
         results.insert(("u-p1".into(), "m#a".into()), result(ProbeState::Succeeded, "", 700));
