@@ -536,15 +536,7 @@ async fn scrape(addr: &str) -> Scrape {
 impl Scrape {
     /// The sum of every series of `name` whose labels contain `label` (empty: all series).
     fn sum(&self, name: &str, label: &str) -> f64 {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-                (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok()).flatten()
-            })
-            .sum()
+        cluster::metrics::sum(&self.0, name, label).unwrap_or(0.0)
     }
 }
 
@@ -560,28 +552,19 @@ impl ApiServerLoad {
         let request = http::Request::get("/metrics").body(Vec::new()).expect("a static request");
         let text = client.request_text(request).await.unwrap_or_default();
         let mut by_request: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Some((metric, labels)) = series.split_once('{') else { continue };
-            let slot = match metric {
-                "apiserver_request_total" => 0,
-                "apiserver_request_duration_seconds_sum" => 1,
+        for (metric, labels, v) in cluster::metrics::samples(&text) {
+            let count = match metric {
+                "apiserver_request_total" => true,
+                "apiserver_request_duration_seconds_sum" => false,
                 _ => continue,
             };
-            let label = |key: &str| {
-                labels
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix("=\"")?.strip_suffix('"'))
-                    .unwrap_or("")
-                    .to_string()
-            };
+            let label = |key: &str| cluster::metrics::label(labels, key).unwrap_or("").to_string();
             let resource = match label("subresource").as_str() {
                 "" => label("resource"),
                 sub => format!("{}/{sub}", label("resource")),
             };
             let entry = by_request.entry((label("verb"), resource)).or_default();
-            let v = value.parse::<f64>().unwrap_or(0.0);
-            if slot == 0 { entry.0 += v } else { entry.1 += v }
+            if count { entry.0 += v } else { entry.1 += v }
         }
         Self { by_request }
     }

@@ -3,7 +3,6 @@
 //! drive thousands of fake nodes. This binary tracks the nodes it serves and exposes /metrics and
 //! /healthz; the probe and image-pull agents attach to those nodes.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::metrics::MetricsRegistry;
 use kruise::runtime::supervisor::API_WRITER;
+use kruise::runtime::watch_changes::{Change, WatchChanges};
 
 #[derive(Parser, Debug)]
 #[command(name = "kruise-daemon", version, about = "kruise-rs node daemon")]
@@ -173,43 +173,29 @@ async fn follow_node_pod_probes(
     probes: ActorRef<SupervisorMsg>,
     served: impl Fn(&str) -> bool,
 ) {
-    use watcher::Event;
     let mut config = watcher::Config::default();
     if let Some(f) = &field_selector {
         config = config.fields(f);
     }
     let stream = watcher(Api::<NodePodProbe>::all(client), config);
     let mut stream = std::pin::pin!(stream);
-    let mut known: BTreeSet<String> = BTreeSet::new();
-    let mut listed: BTreeSet<String> = BTreeSet::new();
+    let mut changes = WatchChanges::default();
     while let Some(event) = stream.next().await {
-        let send = |node: String, object: Option<Box<NodePodProbe>>| {
-            let _ = probes.send_message(SupervisorMsg::Probes { node, object });
-        };
-        match event {
-            Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
-                let node = o.metadata.name.clone().unwrap_or_default();
-                if served(&node) {
-                    listed.insert(node.clone());
-                    known.insert(node.clone());
-                    send(node, Some(Box::new(o)));
-                }
-            }
-            Ok(Event::Delete(o)) => {
-                let node = o.metadata.name.clone().unwrap_or_default();
-                known.remove(&node);
-                send(node, None);
-            }
-            Ok(Event::Init) => listed.clear(),
-            Ok(Event::InitDone) => {
-                for node in known.difference(&listed).cloned().collect::<Vec<_>>() {
-                    known.remove(&node);
-                    send(node, None);
-                }
-            }
+        let event = match event {
+            Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "NodePodProbe watch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for change in changes.on(event, |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default()) {
+            let (node, object) = match change {
+                Change::Put(o) => (o.metadata.name.clone().unwrap_or_default(), Some(Box::new(o))),
+                Change::Gone(node) => (node, None),
+            };
+            if served(&node) {
+                let _ = probes.send_message(SupervisorMsg::Probes { node, object });
             }
         }
     }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutcome, RuntimeError};
+use crate::runtime::watch_changes::{Change, WatchChanges};
 
 /// The annotation prefix scripting a container's exec outcome.
 pub const EXEC_ANNOTATION_PREFIX: &str = "exec.sim.kruise.io/";
@@ -89,7 +90,7 @@ impl SimulatedRuntime {
     /// Follows the pods matching `field_selector` (e.g. every pod, or one node's).
     pub fn watch(client: &Client, field_selector: Option<String>) -> Self {
         use futures::StreamExt;
-        use kube::runtime::watcher::{self, Event};
+        use kube::runtime::watcher;
         let rt = SimulatedRuntime::default();
         let containers = rt.containers.clone();
         let mut config = watcher::Config::default();
@@ -99,13 +100,22 @@ impl SimulatedRuntime {
         let stream = watcher::watcher(Api::<Pod>::all(client.clone()), config);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut changes = WatchChanges::default();
             while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(error = %e, "simulated runtime: pod watch failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
                 let Ok(mut c) = containers.write() else { return };
-                match event {
-                    Ok(Event::Apply(p) | Event::InitApply(p)) => c.put(&p),
-                    Ok(Event::Delete(p)) => c.remove(p.metadata.uid.as_deref().unwrap_or_default()),
-                    Ok(Event::Init | Event::InitDone) => {}
-                    Err(e) => warn!(error = %e, "simulated runtime: pod watch failed; retrying"),
+                for change in changes.on(event, |p: &Pod| p.metadata.uid.clone().unwrap_or_default()) {
+                    match change {
+                        Change::Put(p) => c.put(&p),
+                        Change::Gone(uid) => c.remove(&uid),
+                    }
                 }
             }
         });

@@ -18,6 +18,7 @@ pub mod shard_coordinator;
 pub mod shard_plan;
 pub mod sharded_watch;
 pub mod supervisor;
+pub mod watch_changes;
 pub mod watch_hub;
 pub mod work_queue;
 

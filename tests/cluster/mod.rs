@@ -6,6 +6,7 @@
 //! so the person running the demo and the tests get exactly the same cluster.
 
 pub mod control_plane;
+pub mod metrics;
 pub mod pki;
 pub mod process;
 

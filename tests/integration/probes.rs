@@ -482,3 +482,108 @@ async fn two_markers_share_a_condition_and_a_changed_probe_starts_over() {
     })
     .await;
 }
+
+/// The state of probe `key` of the first pod on node 0, as the NodePodProbe says.
+async fn state_on_node_0(client: &Client, key: &str) -> Option<kruise::api::nodepodprobe::ContainerProbeState> {
+    let n = npp(client, &node_name(0)).await?;
+    let entries = n.status?.pod_probe_statuses?;
+    entries.first()?.probe_states.clone()?.into_iter().find(|s| s.name == key)
+}
+
+/// Scenarios 20 and 7, and a probe taken out of a marker: a restarted container starts Unknown and
+/// is probed again once initialDelaySeconds have passed since its new start; an edited command
+/// makes the result Unknown until the new command has run; a probe removed from the marker leaves
+/// the NodePodProbe and takes its condition off the pod, the marker's other probe carries on.
+/// (Each exec takes 2 s here, so an Unknown lasts long enough to be seen whatever the timing.)
+#[tokio::test]
+async fn a_restart_an_edited_command_and_a_removed_probe() {
+    let (cp, client, _managers) = kruise_cluster("probes-change", 1, 1, &[]).await;
+    let _logs = LogsOnFailure(&cp);
+    let _daemon = DaemonProcess::start(&cp, "probes-change-daemon", &["--probe-status-flush-interval=200ms"]);
+    let ns = "game";
+    namespace(&client, ns).await;
+    let slow_idle = json!({ "exitCode": 0, "stdout": "idle", "latencyMs": 2000 }).to_string();
+    create_pod(&client, ns, game_server("gs-0", 0, &slow_idle)).await.expect("gs-0");
+    let mut marker = game_server_probe();
+    let probe = &mut marker["spec"]["probes"][0];
+    probe["probe"]["initialDelaySeconds"] = json!(3);
+    probe["probe"]["timeoutSeconds"] = json!(10);
+    let healthy = json!({
+        "name": "Healthy", "containerName": "game-server",
+        "probe": { "exec": { "command": ["/healthy.sh"] }, "initialDelaySeconds": 1, "periodSeconds": 1, "timeoutSeconds": 10 },
+        "podConditionType": "game.io/healthy"
+    });
+    marker["spec"]["probes"].as_array_mut().expect("probes").push(healthy);
+    create(&client, "podprobemarkers", "PodProbeMarker", Some(ns), marker.clone()).await.expect("marker");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let before = wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+    let idle_since = condition(&before, "game.io/idle").and_then(|c| c.last_transition_time).expect("transition time");
+    eventually(WAIT, "the Healthy condition", || async {
+        pods.get("gs-0").await.is_ok_and(|p| condition(&p, "game.io/healthy").is_some_and(|c| c.status == "True"))
+    })
+    .await;
+
+    // 20. The container restarts (a new ID and start time, as the kubelet would report them).
+    let restarted_at = jiff::Timestamp::now();
+    let restart = json!({ "status": { "containerStatuses": [{
+        "name": "game-server", "restartCount": 1, "containerID": "sim://gs-0/restarted",
+        "state": { "running": { "startedAt": restarted_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string() } }
+    }] } });
+    pods.patch_status("gs-0", &PatchParams::default(), &Patch::Strategic(&restart)).await.expect("restart");
+    eventually(WAIT, "Idle to be Unknown after the restart", || async {
+        state_on_node_0(&client, "game-server-probe#Idle").await.is_some_and(|s| s.state == ProbeState::Unknown)
+    })
+    .await;
+    eventually(WAIT, "Idle to be Succeeded again", || async {
+        state_on_node_0(&client, "game-server-probe#Idle").await.is_some_and(|s| s.state == ProbeState::Succeeded)
+    })
+    .await;
+    let s = state_on_node_0(&client, "game-server-probe#Idle").await.expect("Idle's state");
+    let probed = s.last_probe_time.expect("a probe time").0;
+    // Whole seconds, as the start time is recorded.
+    assert!(
+        probed.as_second() >= restarted_at.as_second() + 3,
+        "probed at {probed}, before initialDelaySeconds passed since the restart at {restarted_at}"
+    );
+    let p = wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+    let since = condition(&p, "game.io/idle").and_then(|c| c.last_transition_time).expect("transition time");
+    assert!(since.0 > idle_since.0, "the condition went through Unknown: a new lastTransitionTime");
+
+    // 7. Idle's command is edited: Unknown until the new command has run, then its result.
+    let markers: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &resource("podprobemarkers", "PodProbeMarker"));
+    let mut edited = marker["spec"]["probes"].clone();
+    edited[0]["probe"]["exec"]["command"] = json!(["/home/game/idle-v2.sh"]);
+    let patch = json!({ "spec": { "probes": edited } });
+    markers.patch("game-server-probe", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("edit");
+    eventually(WAIT, "Idle to be Unknown after the edit", || async {
+        state_on_node_0(&client, "game-server-probe#Idle").await.is_some_and(|s| s.state == ProbeState::Unknown)
+    })
+    .await;
+    let entries = npp(&client, &node_name(0)).await.and_then(|n| n.spec.pod_probes).unwrap_or_default();
+    let idle = entries.first().and_then(|e| e.probes.clone()).unwrap_or_default();
+    let command = idle.iter().find(|p| p.name == "game-server-probe#Idle").and_then(|p| p.probe.exec.clone());
+    assert_eq!(command.and_then(|e| e.command), Some(vec!["/home/game/idle-v2.sh".to_string()]));
+    wait_marked(&client, ns, "gs-0", "true", "-10", "True", Some("idle")).await;
+
+    // The Healthy probe taken out of the marker: out of the NodePodProbe, its condition off the pod.
+    let only_idle = json!({ "spec": { "probes": [edited[0].clone()] } });
+    markers.patch("game-server-probe", &PatchParams::default(), &Patch::Merge(&only_idle)).await.expect("remove");
+    eventually(WAIT, "Healthy out of the NodePodProbe and its condition off the pod", || async {
+        let Some(n) = npp(&client, &node_name(0)).await else { return false };
+        let listed = n
+            .spec
+            .pod_probes
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|e| e.probes.clone().unwrap_or_default())
+            .any(|p| p.name.ends_with("#Healthy"));
+        let reported = state_on_node_0(&client, "game-server-probe#Healthy").await.is_some();
+        let p = pods.get("gs-0").await.expect("gs-0");
+        !listed && !reported && condition(&p, "game.io/healthy").is_none()
+    })
+    .await;
+    let p = pods.get("gs-0").await.expect("gs-0");
+    assert_eq!(label(&p, "gameserver-idle"), Some("true"), "the other probe's marks stay");
+    assert_eq!(condition(&p, "game.io/idle").map(|c| c.status), Some("True".to_string()));
+}

@@ -224,7 +224,7 @@ impl ManagerProcess {
     /// The value of an unlabelled metric on /metrics, if served.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let body = cluster::process::http_get(&self.metrics_addr, "/metrics").await?;
-        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        cluster::metrics::sum(&body, name, "")
     }
 
     pub fn log_tail(&self) -> String {
@@ -263,12 +263,7 @@ impl DaemonProcess {
     /// `result="failed"`), if served.
     pub async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
         let body = cluster::process::http_get(&self.addr, "/metrics").await?;
-        let values: Vec<f64> = body
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        cluster::metrics::sum(&body, name, labels)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
+use crate::runtime::watch_changes::{Change, WatchChanges};
 use crate::runtime::watch_hub::{WatchSpec, enqueue};
 
 pub const CONTROLLER: &str = "podprobemarker-controller";
@@ -60,36 +61,32 @@ pub fn watch_spec(store: ObjectStore) -> WatchSpec {
 /// many namespaces); a change reconciles the namespaces whose part changed, where held.
 pub fn watch_node_pod_probes(client: &Client, index: Arc<RwLock<ProbeIndex>>) {
     use futures::StreamExt;
-    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::watcher;
     let api = kube::Api::<NodePodProbe>::all(client.clone());
     let stream = watcher::watcher(api, watcher::Config::default());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        let mut relisted: BTreeSet<String> = BTreeSet::new();
+        let mut changes = WatchChanges::default();
         while let Some(event) = stream.next().await {
-            let changed = {
-                let Ok(mut ix) = index.write() else { return };
-                match event {
-                    Ok(Event::Apply(o)) => Some(ix.apply(&o)),
-                    Ok(Event::Delete(o)) => Some(ix.delete(o.metadata.name.as_deref().unwrap_or_default())),
-                    Ok(Event::Init) => {
-                        relisted.clear();
-                        Some(BTreeSet::new())
-                    }
-                    Ok(Event::InitApply(o)) => {
-                        relisted.insert(o.metadata.name.clone().unwrap_or_default());
-                        Some(ix.apply(&o))
-                    }
-                    Ok(Event::InitDone) => Some(ix.retain(&std::mem::take(&mut relisted))),
-                    Err(e) => {
-                        warn!(error = %e, "NodePodProbe watch failed; retrying");
-                        None
-                    }
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "NodePodProbe watch failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             };
-            let Some(changed) = changed else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            let changed: BTreeSet<String> = {
+                let Ok(mut ix) = index.write() else { return };
+                let name = |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default();
+                changes
+                    .on(event, name)
+                    .into_iter()
+                    .flat_map(|c| match c {
+                        Change::Put(o) => ix.apply(&o),
+                        Change::Gone(node) => ix.delete(&node),
+                    })
+                    .collect()
             };
             for ns in changed {
                 enqueue(CONTROLLER, &ns, "");

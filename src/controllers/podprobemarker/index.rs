@@ -42,12 +42,6 @@ impl ProbeIndex {
         changed
     }
 
-    /// Forgets every NodePodProbe not in `keep` (after a re-list); returns the namespaces they held.
-    pub fn retain(&mut self, keep: &BTreeSet<String>) -> BTreeSet<String> {
-        let gone: Vec<String> = self.nodes.keys().filter(|n| !keep.contains(*n)).cloned().collect();
-        gone.iter().flat_map(|n| self.delete(n)).collect()
-    }
-
     fn replace(&mut self, node: String, slices: HashMap<String, Slice>) -> BTreeSet<String> {
         let old = self.nodes.remove(&node).unwrap_or_default();
         let mut changed = BTreeSet::new();
@@ -184,7 +178,7 @@ mod tests {
         assert_eq!(ix.delete("n1"), BTreeSet::from(["b".into()]));
         assert!(!ix.has_node("n1"));
         assert!(ix.states("b").is_empty());
-        assert_eq!(ix.retain(&BTreeSet::new()), BTreeSet::new());
+        ix.delete("n2");
         assert_eq!(ix.node_count(), 0);
     }
 }
