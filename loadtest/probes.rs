@@ -290,6 +290,26 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     };
     latencies.sort_by(|a, b| a.total_cmp(b));
 
+    // What each replica wrote, and whether shards moved (a new owner starts without the
+    // previous one's memory of recent writes).
+    for (addr, _) in &replicas {
+        let m = scrape(addr).await;
+        let count = |kind: &str, result: &str| {
+            m.sum("kruise_podprobemarker_writes_total", &format!("kind=\"{kind}\",result=\"{result}\""))
+        };
+        let handoffs = |d: &str| m.sum("kruise_shard_handoffs_total", &format!("direction=\"{d}\""));
+        println!(
+            "replica {addr}: applies {}/{} failed, pod marks {}/{} failed; shards acquired {}, released {}, lost {}",
+            count("nodepodprobe_apply", "success"),
+            count("nodepodprobe_apply", "error"),
+            count("pod_mark", "success"),
+            count("pod_mark", "error"),
+            handoffs("acquired"),
+            handoffs("released"),
+            handoffs("lost"),
+        );
+    }
+
     let daemon_figures = process_figures(daemon_process.pid());
     let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
     println!(

@@ -273,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
             ownership: ownership.clone(),
             metrics: ppm::MarkerMetrics::register(&registry)?,
             recent: Default::default(),
+            typed_pods: Default::default(),
         };
         reconcilers.insert(marker.name(), Arc::new(marker));
         let (nodes, probes) = (ObjectStore::default(), ObjectStore::default());

@@ -221,10 +221,13 @@ impl ManagerProcess {
         Self { identity: identity.to_string(), metrics_addr, process }
     }
 
-    /// The value of an unlabelled metric on /metrics, if served.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
+    /// The value of a series on /metrics (the sum of all series when no labels are given), if
+    /// served.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
         let body = cluster::process::http_get(&self.metrics_addr, "/metrics").await?;
-        cluster::metrics::sum(&body, name, "")
+        // `series` is a metric name, with or without labels: `name{a="x",b="y"}`.
+        let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+        cluster::metrics::sum(&body, name, labels)
     }
 
     pub fn log_tail(&self) -> String {

@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, join_all};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::ApiResource;
+use kube::api::{ApiResource, DynamicObject};
 use prometheus::{IntCounterVec, Opts};
 use serde_json::json;
 use tracing::{debug, warn};
 
 use super::fanout::{FINALIZER, apply_body, fan_out, field_manager, nodes_to_apply, selects, split_key};
 use super::index::ProbeIndex;
-use super::marking::mark_patch;
+use super::marking::{MARKS_ANNOTATION, mark_patch};
 use super::recent::RecentWrites;
 use crate::api::nodepodprobe::NodePodProbe;
 use crate::api::podprobemarker::{PodContainerProbe, PodProbeMarker};
-use crate::controllers::pods::{is_active, typed};
+use crate::controllers::pods::{TypedPods, is_active, typed};
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::metrics::MetricsRegistry;
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
@@ -133,6 +133,7 @@ pub struct PodProbeMarkerController {
     pub ownership: ShardOwnership,
     pub metrics: MarkerMetrics,
     pub recent: RecentWrites,
+    pub typed_pods: TypedPods,
 }
 
 fn resource<K: kube::Resource<DynamicType = ()>>() -> ApiResource {
@@ -153,7 +154,10 @@ impl Reconciler for PodProbeMarkerController {
         let ownership = self.ownership.clone();
         let markers: Vec<PodProbeMarker> =
             self.markers.in_namespace(namespace).iter().filter_map(|o| typed(o)).collect();
-        let pods: Vec<Pod> = self.pods.in_namespace(namespace).iter().filter_map(|o| typed(o)).collect();
+        // Without a marker here, only pods still carrying marks (to take off) matter.
+        let objects: Vec<Arc<DynamicObject>> =
+            self.pods.in_namespace(namespace).into_iter().filter(|o| !markers.is_empty() || carries_marks(o)).collect();
+        let pods = self.typed_pods.of(namespace, &objects);
         let index = self.index.clone();
         let metrics = self.metrics.clone();
         let recent = self.recent.clone();
@@ -167,15 +171,20 @@ impl Reconciler for PodProbeMarkerController {
     }
 }
 
+/// Whether the pod records marks a probe set.
+fn carries_marks(o: &DynamicObject) -> bool {
+    o.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(MARKS_ANNOTATION))
+}
+
 async fn reconcile_namespace(
     ns: &str,
     markers: &[PodProbeMarker],
-    pods: &[Pod],
+    pods: &[Arc<Pod>],
     index: &RwLock<ProbeIndex>,
     metrics: &MarkerMetrics,
     recent: &RecentWrites,
 ) -> Result<Action, ReconcileError> {
-    let pod_refs: Vec<&Pod> = pods.iter().collect();
+    let pod_refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let fanout = fan_out(markers, &pod_refs);
     let (observed, states, waiting_for_node) = {
         let ix = index.read().map_err(err)?;
