@@ -1,6 +1,7 @@
 //! Controllers: one folder each, pure planning plus the thin glue that plugs into the runtime.
 
 pub mod demo;
+pub mod imagepulljob;
 pub mod nodepodprobe;
 pub mod podprobemarker;
 pub mod pods;
