@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod imagepulljob;
+pub mod nodeimage;
 pub mod nodepodprobe;
 pub mod podprobemarker;
 pub mod pods;
