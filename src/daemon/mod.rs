@@ -1,6 +1,7 @@
 //! kruise-daemon's parts: the container runtimes it talks to and the per-node agents.
 
 pub mod cri;
+pub mod imagepull;
 pub mod podprobe;
 pub mod runtime;
 pub mod simulated;
