@@ -26,7 +26,14 @@ pub fn apply(target: &mut Value, patch: &Value) {
 /// One merge patch with the effect of `first` then `second`, or `None` when no single merge patch
 /// has it: `first` deletes a key (null) that `second` sets to an object, which as one patch would
 /// merge into the old value instead of replacing it. Then the two must be sent separately.
+///
+/// Nor does one exist for a patch guarded by `metadata.resourceVersion`: each was computed from
+/// the version it names, and folded together the later one's changes would land without the check
+/// that guards them (overwriting what the earlier one added, where sent apart it would get 409).
 pub fn compose(first: &Value, second: &Value) -> Option<Value> {
+    if is_guarded(first) || is_guarded(second) {
+        return None;
+    }
     let (Value::Object(a), Value::Object(b)) = (first, second) else {
         // A non-object patch replaces the whole target, so the later one wins.
         return Some(second.clone());
@@ -41,6 +48,11 @@ pub fn compose(first: &Value, second: &Value) -> Option<Value> {
         out.insert(k.clone(), merged);
     }
     Some(Value::Object(out))
+}
+
+/// Whether `patch` only applies to the resourceVersion it names.
+fn is_guarded(patch: &Value) -> bool {
+    patch.pointer("/metadata/resourceVersion").is_some_and(|v| !v.is_null())
 }
 
 #[cfg(test)]
@@ -85,6 +97,17 @@ mod tests {
         // As one patch, {"a": {"b": 1}} would keep a's other fields; in order they are gone.
         assert_eq!(compose(&json!({"a": null}), &json!({"a": {"b": 1}})), None);
         assert_eq!(compose(&json!({"x": {"a": null}}), &json!({"x": {"a": {"b": 1}}})), None);
+    }
+
+    #[test]
+    fn patches_guarded_by_a_resource_version_never_fold() {
+        let guarded =
+            |tag: &str| json!({"metadata": {"resourceVersion": "7"}, "spec": {"images": {"x": {"tags": [tag]}}}});
+        assert_eq!(compose(&guarded("a"), &guarded("b")), None, "b would silently replace a");
+        assert_eq!(compose(&json!({"spec": {"n": 1}}), &guarded("b")), None);
+        assert_eq!(compose(&guarded("a"), &json!({"spec": {"n": 1}})), None);
+        let unguarded = json!({"metadata": {"resourceVersion": null}, "spec": {"n": 1}});
+        assert!(compose(&unguarded, &json!({"spec": {"m": 2}})).is_some());
     }
 
     #[test]

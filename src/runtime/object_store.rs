@@ -89,6 +89,11 @@ impl ObjectStore {
         self.read().iter().filter(|((ns, _), _)| ns == namespace).map(|(_, o)| o.clone()).collect()
     }
 
+    /// Every object here.
+    pub fn all(&self) -> Vec<Arc<DynamicObject>> {
+        self.read().values().cloned().collect()
+    }
+
     /// The namespaces with objects here, each once.
     pub fn namespaces(&self) -> std::collections::BTreeSet<String> {
         self.read().keys().map(|(ns, _)| ns.clone()).collect()

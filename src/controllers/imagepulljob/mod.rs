@@ -5,6 +5,7 @@
 //! - [`progress`]: the job's status from its targets, and which targets to hand the image next;
 //! - [`request`]: the edit that hands the image to one NodeImage.
 
+pub mod controller;
 pub mod progress;
 pub mod request;
 pub mod targets;
