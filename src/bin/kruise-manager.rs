@@ -100,9 +100,16 @@ struct Flags {
     #[arg(long, env = "SERVICE_NAME", default_value = "kruise-webhook-service")]
     webhook_service_name: String,
     /// Controllers to run, as kube-controller-manager's flag: `*` all, `name` one, `-name` not
-    /// that one (e.g. `*,-sidecarset`). Known: sidecarset, podprobemarker (with nodepodprobe). (The demo controller has its own flag.)
+    /// that one (e.g. `*,-sidecarset`). Known: sidecarset, podprobemarker (with nodepodprobe), imagepulljob (with nodeimage). (The demo controller has its own flag.)
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
+    /// How long a node must have been Ready before it gets a NodeImage.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    nodeimage_creation_delay: Duration,
+    /// How long a NodeImage tag may go unanswered by its node's daemon before the manager fails it,
+    /// so jobs never hang on a node without a daemon.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    nodeimage_response_timeout: Duration,
     /// Reconciles running at once per namespace.
     #[arg(long, default_value_t = 3)]
     namespace_concurrency: usize,
@@ -253,6 +260,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing::info!("the SidecarSet CRD is not served: its controller is not started");
     }
+    // One nodes watch for the controllers keeping per-node objects.
+    let nodes = ObjectStore::default();
+    let mut node_controllers: Vec<&'static str> = Vec::new();
     let probe_gates = [features::KRUISE_DAEMON, features::POD_PROBE_MARKER_GATE];
     if !controller_enabled(&flags.controllers, "podprobemarker") {
         tracing::info!("the PodProbeMarker controllers are disabled by --controllers");
@@ -276,13 +286,53 @@ async fn main() -> anyhow::Result<()> {
             typed_pods: Default::default(),
         };
         reconcilers.insert(marker.name(), Arc::new(marker));
-        let (nodes, probes) = (ObjectStore::default(), ObjectStore::default());
-        watches.push(nodepodprobe::nodes_watch_spec(nodes.clone()));
+        let probes = ObjectStore::default();
+        node_controllers.push(nodepodprobe::CONTROLLER);
         watches.push(nodepodprobe::watch_spec(probes.clone()));
-        let lifecycle = nodepodprobe::NodePodProbeLifecycle { nodes, probes, space, ownership: ownership.clone() };
+        let lifecycle =
+            nodepodprobe::NodePodProbeLifecycle { nodes: nodes.clone(), probes, space, ownership: ownership.clone() };
         reconcilers.insert(lifecycle.name(), Arc::new(lifecycle));
     } else {
         tracing::info!("the PodProbeMarker CRD is not served: its controllers are not started");
+    }
+    if !controller_enabled(&flags.controllers, "imagepulljob") {
+        tracing::info!("the ImagePullJob controllers are disabled by --controllers");
+    } else if !flags.feature_gates.enabled(features::KRUISE_DAEMON) {
+        tracing::info!("the ImagePullJob controllers are off: KruiseDaemon must be on");
+    } else if serves(&client, "apps.kruise.io/v1alpha1", "imagepulljobs").await {
+        use kruise::controllers::imagepulljob::controller as jobs;
+        use kruise::controllers::nodeimage::controller as node_images;
+        let store = ObjectStore::default();
+        watches.push(jobs::watch_spec(store.clone(), vec![jobs::CONTROLLER]));
+        pod_controllers.push(jobs::CONTROLLER);
+        let index: jobs::NodeImageIndex = Default::default();
+        jobs::watch_node_images(&client, index.clone(), store.clone(), node_images::CONTROLLER);
+        let uids: node_images::JobUids = Default::default();
+        node_images::watch_job_uids(&client, uids.clone(), index.clone());
+        let job_controller = jobs::ImagePullJobController {
+            jobs: store,
+            pods: pods.clone(),
+            node_images: index.clone(),
+            space,
+            ownership: ownership.clone(),
+        };
+        reconcilers.insert(job_controller.name(), Arc::new(job_controller));
+        node_controllers.push(node_images::CONTROLLER);
+        let node_image_controller = node_images::NodeImageController {
+            nodes: nodes.clone(),
+            node_images: index,
+            job_uids: uids,
+            space,
+            ownership: ownership.clone(),
+            creation_delay: flags.nodeimage_creation_delay,
+            response_timeout: flags.nodeimage_response_timeout,
+        };
+        reconcilers.insert(node_image_controller.name(), Arc::new(node_image_controller));
+    } else {
+        tracing::info!("the ImagePullJob CRD is not served: its controllers are not started");
+    }
+    if !node_controllers.is_empty() {
+        watches.push(kruise::controllers::nodepodprobe::nodes_watch_spec(nodes, node_controllers));
     }
     if !pod_controllers.is_empty() {
         watches.push(kruise::controllers::pods::watch_spec(pods, pod_controllers));

@@ -3,6 +3,7 @@
 
 pub mod api_writer;
 pub mod client;
+pub mod events;
 pub mod flag_values;
 pub mod http;
 pub mod lease;

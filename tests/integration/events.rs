@@ -85,7 +85,7 @@ async fn each_replica_receives_only_its_share_of_pod_events() {
         "--demo-resource=pods",
         &selector,
         // Only the demo's pod watch, whose events the test counts.
-        "--controllers=*,-sidecarset,-podprobemarker",
+        "--controllers=*,-sidecarset,-podprobemarker,-imagepulljob",
         "--leader-election-lease-duration=6s",
         "--leader-election-renew-deadline=4s",
         "--leader-election-retry-period=500ms",

@@ -7,6 +7,7 @@ mod support;
 mod crds;
 mod events;
 mod harness;
+mod images;
 mod probes;
 mod rollout;
 mod sharding;

@@ -40,13 +40,13 @@ async fn replicas_split_shards_fairly_and_hand_them_over_on_sigterm_and_on_crash
     let ns = TestNamespace::create(&tc, "shards").await;
     let leases: Api<Lease> = Api::namespaced(tc.client.clone(), &ns.name);
     // Short leases keep the crash case quick; the retry period bounds a graceful handoff. The
-    // NodePodProbe lifecycle is off: it would write for the shared cluster's nodes, and this test
+    // NodePodProbe and NodeImage lifecycles are off: they would write for the shared cluster's nodes, and this test
     // counts on the replicas having nothing to write.
     let timing = [
         "--leader-election-lease-duration=6s",
         "--leader-election-renew-deadline=4s",
         "--leader-election-retry-period=500ms",
-        "--controllers=*,-podprobemarker",
+        "--controllers=*,-podprobemarker,-imagepulljob",
     ];
     let mut replicas: Vec<ManagerProcess> = ["manager-a", "manager-b", "manager-c"]
         .iter()

@@ -64,8 +64,9 @@ fn concerns(job: &ImagePullJob, old: Option<&NodeImage>, ni: Option<&NodeImage>)
     old.metadata.labels != ni.metadata.labels || mentions(old) || mentions(ni)
 }
 
-/// Follows every NodeImage into `index`; a change reconciles the held jobs it concerns.
-pub fn watch_node_images(client: &Client, index: NodeImageIndex, jobs: ObjectStore) {
+/// Follows every NodeImage into `index`; a change reconciles the held jobs it concerns, and the
+/// NodeImage itself under `per_node_controller`.
+pub fn watch_node_images(client: &Client, index: NodeImageIndex, jobs: ObjectStore, per_node_controller: &'static str) {
     use futures::StreamExt;
     use kube::runtime::watcher;
     let stream = watcher::watcher(kube::Api::<NodeImage>::all(client.clone()), watcher::Config::default());
@@ -93,6 +94,11 @@ pub fn watch_node_images(client: &Client, index: NodeImageIndex, jobs: ObjectSto
                         }
                         Change::Gone(n) => moved.push((ix.remove(&n), None)),
                     }
+                }
+            }
+            for (old, new) in &moved {
+                if let Some(n) = new.as_ref().or(old.as_ref()).and_then(|n| n.metadata.name.as_deref()) {
+                    enqueue(per_node_controller, "", n);
                 }
             }
             let held: Vec<ImagePullJob> = jobs.all().iter().filter_map(|o| typed(o)).collect();
@@ -132,6 +138,22 @@ impl Reconciler for ImagePullJobController {
     fn reconcile(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Action, ReconcileError>> {
         let shard = self.space.shard_of_key(namespace);
         let held = self.ownership.epoch(shard).is_some();
+        if name.is_empty() {
+            // A pod of the namespace changed: the jobs that target nodes by pods look again.
+            let by_pods: Vec<String> = self
+                .jobs
+                .in_namespace(namespace)
+                .iter()
+                .filter_map(|o| typed::<ImagePullJob>(o))
+                .filter(|j| j.spec.pod_selector.is_some())
+                .filter_map(|j| j.metadata.name)
+                .collect();
+            let ns = namespace.to_string();
+            return Box::pin(async move {
+                by_pods.iter().filter(|_| held).for_each(|n| enqueue(CONTROLLER, &ns, n));
+                Ok(Action::Done)
+            });
+        }
         let job: Option<ImagePullJob> = self.jobs.get(namespace, name).and_then(|o| typed(&o));
         let pods: Vec<Pod> = match &job {
             Some(j) if j.spec.pod_selector.is_some() => {

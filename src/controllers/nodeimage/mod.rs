@@ -16,8 +16,13 @@ use crate::controllers::nodepodprobe::VIRTUAL_KUBELET;
 
 /// A NodeImage with this label stays without a node (tests use such "fake" NodeImages).
 pub const FAKE_NODE_IMAGE_LABEL: &str = "apps.kruise.io/fake-nodeimage";
-/// How long a node must have been Ready before it gets a NodeImage.
+/// How long a node must have been Ready before it gets a NodeImage (upstream's
+/// `--nodeimage-creation-delay`).
 pub const CREATION_DELAY: Duration = Duration::from_secs(30);
+/// How long a tag may go unanswered by its node before the manager fails it.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub mod controller;
 
 /// What to do about the NodeImage of one node name.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +46,9 @@ fn is_virtual(node: &Node) -> bool {
     node.metadata.labels.as_ref().and_then(|l| l.get(VIRTUAL_KUBELET.0)).is_some_and(|v| v == VIRTUAL_KUBELET.1)
 }
 
-/// The lifecycle decision for `node` (None: gone) and its NodeImage `ni` (None: none yet).
-pub fn lifecycle(node: Option<&Node>, ni: Option<&NodeImage>, now: Timestamp) -> Lifecycle {
+/// The lifecycle decision for `node` (None: gone) and its NodeImage `ni` (None: none yet); a node
+/// gets one once it has been Ready for `creation_delay`.
+pub fn lifecycle(node: Option<&Node>, ni: Option<&NodeImage>, now: Timestamp, creation_delay: Duration) -> Lifecycle {
     let node = node.filter(|n| n.metadata.deletion_timestamp.is_none());
     match (node, ni) {
         (None, Some(ni)) => {
@@ -56,7 +62,7 @@ pub fn lifecycle(node: Option<&Node>, ni: Option<&NodeImage>, now: Timestamp) ->
             None => Lifecycle::Keep,
             Some(since) => {
                 let ready_for = Duration::try_from(now.duration_since(since)).unwrap_or_default();
-                match CREATION_DELAY.checked_sub(ready_for).filter(|d| !d.is_zero()) {
+                match creation_delay.checked_sub(ready_for).filter(|d| !d.is_zero()) {
                     Some(left) => Lifecycle::WaitFor(left),
                     None => Lifecycle::Create(n.metadata.labels.clone().unwrap_or_default()),
                 }
@@ -263,18 +269,25 @@ mod tests {
     #[test]
     fn created_after_ready_for_a_while_deleted_with_the_node_unless_fake() {
         let n = node(json!({ "zone": "a" }), Some(0));
-        assert_eq!(lifecycle(Some(&n), None, t(10)), Lifecycle::WaitFor(Duration::from_secs(20)));
-        assert_eq!(lifecycle(Some(&n), None, t(30)), Lifecycle::Create(BTreeMap::from([("zone".into(), "a".into())])));
-        assert_eq!(lifecycle(Some(&node(json!({}), None)), None, t(99)), Lifecycle::Keep, "not Ready: nothing yet");
+        assert_eq!(lifecycle(Some(&n), None, t(10), CREATION_DELAY), Lifecycle::WaitFor(Duration::from_secs(20)));
+        assert_eq!(
+            lifecycle(Some(&n), None, t(30), CREATION_DELAY),
+            Lifecycle::Create(BTreeMap::from([("zone".into(), "a".into())]))
+        );
+        assert_eq!(
+            lifecycle(Some(&node(json!({}), None)), None, t(99), CREATION_DELAY),
+            Lifecycle::Keep,
+            "not Ready: nothing yet"
+        );
         let virtual_node = node(json!({ "type": "virtual-kubelet" }), Some(0));
-        assert_eq!(lifecycle(Some(&virtual_node), None, t(99)), Lifecycle::Keep);
+        assert_eq!(lifecycle(Some(&virtual_node), None, t(99), CREATION_DELAY), Lifecycle::Keep);
         let existing = ni(json!({}), json!({}), json!(null));
-        assert_eq!(lifecycle(None, Some(&existing), t(0)), Lifecycle::Delete);
+        assert_eq!(lifecycle(None, Some(&existing), t(0), CREATION_DELAY), Lifecycle::Delete);
         let mut terminating = n.clone();
         terminating.metadata.deletion_timestamp = Some(Time(t(1)));
-        assert_eq!(lifecycle(Some(&terminating), Some(&existing), t(2)), Lifecycle::Delete);
+        assert_eq!(lifecycle(Some(&terminating), Some(&existing), t(2), CREATION_DELAY), Lifecycle::Delete);
         let fake = ni(json!({ FAKE_NODE_IMAGE_LABEL: "true" }), json!({}), json!(null));
-        assert_eq!(lifecycle(None, Some(&fake), t(0)), Lifecycle::Keep);
+        assert_eq!(lifecycle(None, Some(&fake), t(0), CREATION_DELAY), Lifecycle::Keep);
     }
 
     #[test]

@@ -23,10 +23,11 @@ pub const CONTROLLER: &str = "nodepodprobe-controller";
 /// Nodes labelled so are served by a provider, not kruise-daemon.
 pub const VIRTUAL_KUBELET: (&str, &str) = ("type", "virtual-kubelet");
 
-/// Nodes, keeping only what the decision reads (labels, deletion, conditions).
-pub fn nodes_watch_spec(store: ObjectStore) -> WatchSpec {
+/// The one nodes watch of a replica, for every controller keeping per-node objects (NodePodProbe,
+/// NodeImage), keeping only what they read (labels, deletion, conditions).
+pub fn nodes_watch_spec(store: ObjectStore, controllers: Vec<&'static str>) -> WatchSpec {
     WatchSpec {
-        controllers: vec![CONTROLLER],
+        controllers,
         url_path: "/api/v1/nodes".into(),
         label_selector: None,
         store,

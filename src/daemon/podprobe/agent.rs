@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::api::core::v1::{ObjectReference, Probe};
 use kube::api::ApiResource;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -28,6 +28,7 @@ use crate::api::nodepodprobe::{NodePodProbe, NodePodProbeSpec, NodePodProbeStatu
 use crate::api::podprobemarker::ProbeState;
 use crate::daemon::runtime::{ContainerRuntime, ExecOutcome};
 use crate::runtime::api_writer::{WriteOp, WriteTarget, write};
+use crate::runtime::events::{self, Reporter};
 use crate::runtime::metrics::MetricsRegistry;
 use crate::runtime::work_queue::Backoff;
 
@@ -471,31 +472,16 @@ impl AgentState {
 /// The pod Event of a state change (best effort).
 async fn emit_event(node: String, t: Transition) {
     let reason = if t.state == ProbeState::Succeeded { "KruiseProbeSucceeded" } else { "KruiseProbeFailed" };
-    let now = Timestamp::now();
-    let name = format!("{}.{:x}", t.pod, now.as_nanosecond());
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": { "name": name, "namespace": t.namespace },
-        "involvedObject": { "kind": "Pod", "apiVersion": "v1", "namespace": t.namespace, "name": t.pod },
-        "reason": reason,
-        "message": format!("{} ({:?}) {}", t.probe, t.state, t.message).trim_end(),
-        "type": "Normal",
-        "source": { "component": EVENT_COMPONENT, "host": node },
-        "reportingComponent": EVENT_COMPONENT,
-        "reportingInstance": node,
-        "firstTimestamp": now.to_string(),
-        "lastTimestamp": now.to_string(),
-        "count": 1,
-    });
-    let target = WriteTarget {
-        resource: ApiResource::erase::<k8s_openapi::api::core::v1::Event>(&()),
+    let pod = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
         namespace: Some(t.namespace.clone()),
-        name,
-        status: false,
+        name: Some(t.pod.clone()),
+        ..Default::default()
     };
-    if let Err(e) = write(target, WriteOp::Create(event)).await {
-        debug!(error = %e, "probe event not written");
-    }
+    let message = format!("{} ({:?}) {}", t.probe, t.state, t.message);
+    let reporter = Reporter { component: EVENT_COMPONENT, instance: node };
+    events::emit(&reporter, &pod, "Normal", reason, message.trim_end()).await;
 }
 
 // ---------------------------------------------------------------------------------------------
