@@ -51,7 +51,10 @@ pub struct ImagePullJobSpec {
     /// Per-node timeout and retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_policy: Option<PullPolicy>,
-    /// When the job is finished.
+    /// When the job is finished. Required by the schema ([`completion_policy_required`]), which
+    /// runs after the mutating webhook has defaulted it: a job sent without it must still decode
+    /// there (upstream's zero value).
+    #[serde(default)]
     pub completion_policy: CompletionPolicy,
 }
 
@@ -105,4 +108,44 @@ pub struct ImagePullJobStatus {
     /// Nodes where the pull failed, sorted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_nodes: Option<Vec<String>>,
+}
+
+/// The schema requires `spec.completionPolicy`, as upstream's does; the type defaults it (see the
+/// field), which would otherwise drop it from the schema's required fields.
+pub fn completion_policy_required(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    if crd.spec.names.kind != "ImagePullJob" {
+        return crd;
+    }
+    for version in &mut crd.spec.versions {
+        let root = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
+        if let Some(spec) = root.and_then(|r| r.properties.as_mut()).and_then(|p| p.get_mut("spec")) {
+            let required = spec.required.get_or_insert_with(Vec::new);
+            if !required.iter().any(|r| r == "completionPolicy") {
+                required.insert(0, "completionPolicy".to_string());
+            }
+        }
+    }
+    crd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn a_job_without_completion_policy_decodes_and_the_schema_still_requires_it() {
+        let job: ImagePullJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+            "metadata": { "name": "j" }, "spec": { "image": "nginx" }
+        }))
+        .expect("the webhook must decode it to default it");
+        assert_eq!(job.spec.completion_policy, CompletionPolicy::default());
+        let crd = completion_policy_required(ImagePullJob::crd());
+        let root = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+        let required = root.properties.as_ref().unwrap()["spec"].required.clone().unwrap();
+        assert_eq!(required, ["completionPolicy", "image"]);
+    }
 }

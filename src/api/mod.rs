@@ -38,6 +38,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     .into_iter()
     .map(schema::upstream_conventions)
     .map(nodepodprobe::spec_may_be_null)
+    .map(imagepulljob::completion_policy_required)
     .map(with_list_kind)
     .collect()
 }
