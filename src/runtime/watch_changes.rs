@@ -5,6 +5,8 @@
 //! runtime's containers).
 
 use std::collections::BTreeSet;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::runtime::watcher::Event;
 
@@ -54,6 +56,26 @@ impl WatchChanges {
                 gone.into_iter().map(Change::Gone).collect()
             }
         }
+    }
+}
+
+/// A hand-kept copy of watched objects, and whether its first list has completed. Until it has,
+/// an object missing from the copy may well exist: decisions that read absence as "gone" (a job
+/// with no targets completes, an owner not found is dropped) must wait for it.
+#[derive(Debug, Default)]
+pub struct Mirror<T> {
+    pub objects: RwLock<T>,
+    listed: AtomicBool,
+}
+
+impl<T> Mirror<T> {
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire)
+    }
+
+    /// Call once an `InitDone` has been applied to `objects`.
+    pub fn mark_listed(&self) {
+        self.listed.store(true, Ordering::Release);
     }
 }
 

@@ -4,7 +4,7 @@
 //! its own status through the ApiWriter.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -28,7 +28,7 @@ use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::watch_changes::{Change, WatchChanges};
+use crate::runtime::watch_changes::{Change, Mirror, WatchChanges};
 use crate::runtime::watch_hub::{WatchSpec, enqueue};
 
 pub const CONTROLLER: &str = "imagepulljob-controller";
@@ -50,7 +50,10 @@ pub fn watch_spec(store: ObjectStore, controllers: Vec<&'static str>) -> WatchSp
 }
 
 /// Every NodeImage by name, as one watch per replica sees them.
-pub type NodeImageIndex = Arc<RwLock<BTreeMap<String, NodeImage>>>;
+pub type NodeImageIndex = Arc<Mirror<BTreeMap<String, NodeImage>>>;
+
+/// How soon a reconcile that needs a mirror's first list looks again.
+pub const UNTIL_LISTED: Duration = Duration::from_secs(1);
 
 /// Whether a change of NodeImage `ni` (`old`: its previous version) may move `job`: a new or
 /// deleted NodeImage, new labels, or the job's image in its spec or status.
@@ -83,9 +86,10 @@ pub fn watch_node_images(client: &Client, index: NodeImageIndex, jobs: ObjectSto
                 }
             };
             let name = |n: &NodeImage| n.metadata.name.clone().unwrap_or_default();
+            let listed = matches!(event, watcher::Event::InitDone);
             let mut moved: Vec<(Option<NodeImage>, Option<NodeImage>)> = Vec::new();
             {
-                let Ok(mut ix) = index.write() else { return };
+                let Ok(mut ix) = index.objects.write() else { return };
                 for change in changes.on(event, name) {
                     match change {
                         Change::Put(ni) => {
@@ -95,6 +99,9 @@ pub fn watch_node_images(client: &Client, index: NodeImageIndex, jobs: ObjectSto
                         Change::Gone(n) => moved.push((ix.remove(&n), None)),
                     }
                 }
+            }
+            if listed {
+                index.mark_listed();
             }
             for (old, new) in &moved {
                 if let Some(n) = new.as_ref().or(old.as_ref()).and_then(|n| n.metadata.name.as_deref()) {
@@ -184,7 +191,7 @@ fn status_patch(status: &crate::api::imagepulljob::ImagePullJobStatus) -> Value 
 async fn reconcile_job(
     job: ImagePullJob,
     pods: &[Pod],
-    index: &RwLock<BTreeMap<String, NodeImage>>,
+    index: &Mirror<BTreeMap<String, NodeImage>>,
     now: Timestamp,
 ) -> Result<Action, ReconcileError> {
     let ns = job.metadata.namespace.clone().unwrap_or_default();
@@ -211,8 +218,12 @@ async fn reconcile_job(
         };
     }
     let image = parse_image(&job.spec.image).map_err(err)?;
+    // Before the first list every job would look target-less, and an Always one would complete.
+    if !index.is_listed() {
+        return Ok(Action::RequeueAfter(UNTIL_LISTED));
+    }
     let (plan, edits) = {
-        let ix = index.read().map_err(err)?;
+        let ix = index.objects.read().map_err(err)?;
         let pod_refs: Vec<&Pod> = pods.iter().collect();
         let names = target_names(&job, &ix, &pod_refs);
         let targets: Vec<&NodeImage> = names.iter().filter_map(|n| ix.get(n)).collect();

@@ -4,7 +4,7 @@
 //! [`JobUids`], and writes through the ApiWriter.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{JobLookup, Lifecycle, lifecycle, spec_pass, status_pass};
 use crate::api::nodeimage::NodeImage;
-use crate::controllers::imagepulljob::controller::NodeImageIndex;
+use crate::controllers::imagepulljob::controller::{NodeImageIndex, UNTIL_LISTED};
 use crate::controllers::pods::typed;
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::events::{self, Reporter};
@@ -26,7 +26,7 @@ use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::ObjectStore;
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::watch_changes::{Change, WatchChanges};
+use crate::runtime::watch_changes::{Change, Mirror, WatchChanges};
 use crate::runtime::watch_hub::enqueue;
 
 pub const CONTROLLER: &str = "nodeimage-controller";
@@ -34,7 +34,7 @@ const EVENT_COMPONENT: &str = "nodeimage-controller";
 
 /// Every ImagePullJob's UID by (namespace, name), from one metadata watch per replica: owners on
 /// NodeImage tags name jobs of any namespace.
-pub type JobUids = Arc<RwLock<HashMap<(String, String), String>>>;
+pub type JobUids = Arc<Mirror<HashMap<(String, String), String>>>;
 
 /// Follows every ImagePullJob's metadata into `uids`; a deleted job reconciles the NodeImages
 /// that list it, so its tags go.
@@ -63,9 +63,10 @@ pub fn watch_job_uids(client: &Client, uids: JobUids, node_images: NodeImageInde
                     continue;
                 }
             };
+            let listed = matches!(event, watcher::Event::InitDone);
             let mut gone_uids = Vec::new();
             {
-                let Ok(mut m) = uids.write() else { return };
+                let Ok(mut m) = uids.objects.write() else { return };
                 for change in changes.on(event, key) {
                     match change {
                         Change::Put(meta) => {
@@ -80,10 +81,13 @@ pub fn watch_job_uids(client: &Client, uids: JobUids, node_images: NodeImageInde
                     }
                 }
             }
+            if listed {
+                uids.mark_listed();
+            }
             if gone_uids.is_empty() {
                 continue;
             }
-            let Ok(ix) = node_images.read() else { return };
+            let Ok(ix) = node_images.objects.read() else { return };
             for (name, ni) in ix.iter() {
                 let lists = ni.spec.images.iter().flatten().flat_map(|(_, i)| &i.tags).any(|t| {
                     t.owner_references.iter().flatten().any(|o| o.uid.as_ref().is_some_and(|u| gone_uids.contains(u)))
@@ -116,13 +120,17 @@ impl Reconciler for NodeImageController {
     fn reconcile(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Action, ReconcileError>> {
         let held = self.ownership.holds(self.space.shard_of_key(namespace));
         let node: Option<Node> = self.nodes.get("", name).and_then(|o| typed(&o));
-        let ni = self.node_images.read().ok().and_then(|ix| ix.get(name).cloned());
+        let listed = self.node_images.is_listed();
+        let ni = self.node_images.objects.read().ok().and_then(|ix| ix.get(name).cloned());
         let uids = self.job_uids.clone();
         let (delay, timeout) = (self.creation_delay, self.response_timeout);
         let name = name.to_string();
         Box::pin(async move {
             if !held {
                 return Ok(Action::Done);
+            }
+            if !listed {
+                return Ok(Action::RequeueAfter(UNTIL_LISTED));
             }
             reconcile_node(&name, node.as_ref(), ni.as_ref(), &uids, delay, timeout, Timestamp::now()).await
         })
@@ -155,7 +163,7 @@ async fn reconcile_node(
     name: &str,
     node: Option<&Node>,
     ni: Option<&NodeImage>,
-    uids: &RwLock<HashMap<(String, String), String>>,
+    uids: &Mirror<HashMap<(String, String), String>>,
     creation_delay: Duration,
     response_timeout: Duration,
     now: Timestamp,
@@ -187,8 +195,12 @@ async fn reconcile_node(
     let version = ni.metadata.resource_version.clone();
 
     // Spec: the node's labels, and only tags some job still wants.
+    // Before the jobs are listed, a job not found may exist: keep its references.
     let lookup = |r: &ObjectReference| {
-        let Ok(m) = uids.read() else { return JobLookup::Unknown };
+        if !uids.is_listed() {
+            return JobLookup::Unknown;
+        }
+        let Ok(m) = uids.objects.read() else { return JobLookup::Unknown };
         let key = (r.namespace.clone().unwrap_or_default(), r.name.clone().unwrap_or_default());
         match m.get(&key) {
             Some(uid) if Some(uid) == r.uid.as_ref() => JobLookup::Same,
