@@ -30,7 +30,7 @@ use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::metrics::MetricsRegistry;
 use kruise::runtime::supervisor::API_WRITER;
-use kruise::runtime::watch_changes::{Change, WatchChanges};
+use kruise::runtime::watch_changes::{Change, follow};
 
 #[derive(Parser, Debug)]
 #[command(name = "kruise-daemon", version, about = "kruise-rs node daemon")]
@@ -178,18 +178,9 @@ async fn follow_node_pod_probes(
         config = config.fields(f);
     }
     let stream = watcher(Api::<NodePodProbe>::all(client), config);
-    let mut stream = std::pin::pin!(stream);
-    let mut changes = WatchChanges::default();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "NodePodProbe watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        for change in changes.on(event, |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default()) {
+    let name = |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default();
+    follow(stream, "NodePodProbe", name, |changes, _| {
+        for change in changes {
             let (node, object) = match change {
                 Change::Put(o) => (o.metadata.name.clone().unwrap_or_default(), Some(Box::new(o))),
                 Change::Gone(node) => (node, None),
@@ -198,5 +189,7 @@ async fn follow_node_pod_probes(
                 let _ = probes.send_message(SupervisorMsg::Probes { node, object });
             }
         }
-    }
+        true
+    })
+    .await;
 }

@@ -15,10 +15,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use serde::Deserialize;
-use tracing::warn;
 
 use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutcome, RuntimeError};
-use crate::runtime::watch_changes::{Change, WatchChanges};
+use crate::runtime::watch_changes::{Change, follow};
 
 /// The annotation prefix scripting a container's exec outcome.
 pub const EXEC_ANNOTATION_PREFIX: &str = "exec.sim.kruise.io/";
@@ -89,7 +88,6 @@ pub struct SimulatedRuntime {
 impl SimulatedRuntime {
     /// Follows the pods matching `field_selector` (e.g. every pod, or one node's).
     pub fn watch(client: &Client, field_selector: Option<String>) -> Self {
-        use futures::StreamExt;
         use kube::runtime::watcher;
         let rt = SimulatedRuntime::default();
         let containers = rt.containers.clone();
@@ -98,27 +96,17 @@ impl SimulatedRuntime {
             config = config.fields(&f);
         }
         let stream = watcher::watcher(Api::<Pod>::all(client.clone()), config);
-        tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            let mut changes = WatchChanges::default();
-            while let Some(event) = stream.next().await {
-                let event = match event {
-                    Ok(e) => e,
-                    Err(e) => {
-                        warn!(error = %e, "simulated runtime: pod watch failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let Ok(mut c) = containers.write() else { return };
-                for change in changes.on(event, |p: &Pod| p.metadata.uid.clone().unwrap_or_default()) {
-                    match change {
-                        Change::Put(p) => c.put(&p),
-                        Change::Gone(uid) => c.remove(&uid),
-                    }
+        let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+        tokio::spawn(follow(stream, "simulated runtime: pod", uid, move |changes, _| {
+            let Ok(mut c) = containers.write() else { return false };
+            for change in changes {
+                match change {
+                    Change::Put(p) => c.put(&p),
+                    Change::Gone(uid) => c.remove(&uid),
                 }
             }
-        });
+            true
+        }));
         rt
     }
 

@@ -8,7 +8,10 @@ use std::collections::BTreeSet;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kube::runtime::watcher::Event;
+use futures::{Stream, StreamExt};
+use kube::runtime::watcher::{self, Event};
+use std::time::Duration;
+use tracing::warn;
 
 /// One change to the local copy.
 #[derive(Debug, PartialEq)]
@@ -55,6 +58,33 @@ impl WatchChanges {
                 self.known = std::mem::take(&mut self.relisted);
                 gone.into_iter().map(Change::Gone).collect()
             }
+        }
+    }
+}
+
+/// Follows a watch until it ends or `apply` returns false: each event's changes (objects named
+/// by `key`) go to `apply`, with whether that event completed a list. A failed watch is logged
+/// (`what` names it) and retried a second later.
+pub async fn follow<K>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    what: &str,
+    key: impl Fn(&K) -> String,
+    mut apply: impl FnMut(Vec<Change<K>>, bool) -> bool,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut changes = WatchChanges::default();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "{what} watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let listed = matches!(event, Event::InitDone);
+        if !apply(changes.on(event, &key), listed) {
+            return;
         }
     }
 }

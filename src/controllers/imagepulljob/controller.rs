@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::ApiResource;
 use rand::Rng;
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::progress::progress;
 use super::request::requested_spec;
@@ -28,7 +28,7 @@ use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::watch_changes::{Change, Mirror, WatchChanges};
+use crate::runtime::watch_changes::{Change, Mirror, follow};
 use crate::runtime::watch_hub::{WatchSpec, enqueue};
 
 pub const CONTROLLER: &str = "imagepulljob-controller";
@@ -70,59 +70,44 @@ fn concerns(job: &ImagePullJob, old: Option<&NodeImage>, ni: Option<&NodeImage>)
 /// Follows every NodeImage into `index`; a change reconciles the held jobs it concerns, and the
 /// NodeImage itself under `per_node_controller`.
 pub fn watch_node_images(client: &Client, index: NodeImageIndex, jobs: ObjectStore, per_node_controller: &'static str) {
-    use futures::StreamExt;
     use kube::runtime::watcher;
     let stream = watcher::watcher(kube::Api::<NodeImage>::all(client.clone()), watcher::Config::default());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut changes = WatchChanges::default();
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "NodeImage watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let name = |n: &NodeImage| n.metadata.name.clone().unwrap_or_default();
-            let listed = matches!(event, watcher::Event::InitDone);
-            let mut moved: Vec<(Option<NodeImage>, Option<NodeImage>)> = Vec::new();
-            {
-                let Ok(mut ix) = index.objects.write() else { return };
-                for change in changes.on(event, name) {
-                    match change {
-                        Change::Put(ni) => {
-                            let old = ix.insert(name(&ni), ni.clone());
-                            moved.push((old, Some(ni)));
-                        }
-                        Change::Gone(n) => moved.push((ix.remove(&n), None)),
+    let name = |n: &NodeImage| n.metadata.name.clone().unwrap_or_default();
+    tokio::spawn(follow(stream, "NodeImage", name, move |changes, listed| {
+        let mut moved: Vec<(Option<NodeImage>, Option<NodeImage>)> = Vec::new();
+        {
+            let Ok(mut ix) = index.objects.write() else { return false };
+            for change in changes {
+                match change {
+                    Change::Put(ni) => {
+                        let old = ix.insert(name(&ni), ni.clone());
+                        moved.push((old, Some(ni)));
                     }
+                    Change::Gone(n) => moved.push((ix.remove(&n), None)),
                 }
-            }
-            if listed {
-                index.mark_listed();
-            }
-            for (old, new) in &moved {
-                if let Some(n) = new.as_ref().or(old.as_ref()).and_then(|n| n.metadata.name.as_deref()) {
-                    enqueue(per_node_controller, "", n);
-                }
-            }
-            let held: Vec<ImagePullJob> = jobs.all().iter().filter_map(|o| typed(o)).collect();
-            let mut keys = BTreeSet::new();
-            for job in held.iter().filter(|j| j.status.as_ref().and_then(|s| s.completion_time.as_ref()).is_none()) {
-                if moved.iter().any(|(old, new)| concerns(job, old.as_ref(), new.as_ref())) {
-                    keys.insert((
-                        job.metadata.namespace.clone().unwrap_or_default(),
-                        job.metadata.name.clone().unwrap_or_default(),
-                    ));
-                }
-            }
-            for (ns, name) in keys {
-                enqueue(CONTROLLER, &ns, &name);
             }
         }
-    });
+        if listed {
+            index.mark_listed();
+        }
+        for (old, new) in &moved {
+            if let Some(n) = new.as_ref().or(old.as_ref()).and_then(|n| n.metadata.name.as_deref()) {
+                enqueue(per_node_controller, "", n);
+            }
+        }
+        let held: Vec<ImagePullJob> = jobs.all().iter().filter_map(|o| typed(o)).collect();
+        let mut keys = BTreeSet::new();
+        for job in held.iter().filter(|j| j.status.as_ref().and_then(|s| s.completion_time.as_ref()).is_none()) {
+            if moved.iter().any(|(old, new)| concerns(job, old.as_ref(), new.as_ref())) {
+                let ns = job.metadata.namespace.clone().unwrap_or_default();
+                keys.insert((ns, job.metadata.name.clone().unwrap_or_default()));
+            }
+        }
+        for (ns, name) in keys {
+            enqueue(CONTROLLER, &ns, &name);
+        }
+        true
+    }));
 }
 
 pub struct ImagePullJobController {

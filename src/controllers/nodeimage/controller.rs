@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::ApiResource;
 use rand::Rng;
 use serde_json::{Map, Value, json};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{JobLookup, Lifecycle, lifecycle, spec_pass, status_pass};
 use crate::api::nodeimage::NodeImage;
@@ -26,7 +26,7 @@ use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::ObjectStore;
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::watch_changes::{Change, Mirror, WatchChanges};
+use crate::runtime::watch_changes::{Change, Mirror, follow};
 use crate::runtime::watch_hub::enqueue;
 
 pub const CONTROLLER: &str = "nodeimage-controller";
@@ -39,65 +39,49 @@ pub type JobUids = Arc<Mirror<HashMap<(String, String), String>>>;
 /// Follows every ImagePullJob's metadata into `uids`; a deleted job reconciles the NodeImages
 /// that list it, so its tags go.
 pub fn watch_job_uids(client: &Client, uids: JobUids, node_images: NodeImageIndex) {
-    use futures::StreamExt;
     use kube::core::PartialObjectMeta;
     use kube::runtime::watcher;
-    let api = kube::Api::<PartialObjectMeta<crate::api::imagepulljob::ImagePullJob>>::all(client.clone());
-    let stream = watcher(api, watcher::Config::default());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut changes = WatchChanges::default();
-        let key = |m: &PartialObjectMeta<crate::api::imagepulljob::ImagePullJob>| {
-            format!(
-                "{}/{}",
-                m.metadata.namespace.as_deref().unwrap_or_default(),
-                m.metadata.name.as_deref().unwrap_or_default()
-            )
-        };
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "ImagePullJob metadata watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let listed = matches!(event, watcher::Event::InitDone);
-            let mut gone_uids = Vec::new();
-            {
-                let Ok(mut m) = uids.objects.write() else { return };
-                for change in changes.on(event, key) {
-                    match change {
-                        Change::Put(meta) => {
-                            let ns = meta.metadata.namespace.clone().unwrap_or_default();
-                            let name = meta.metadata.name.clone().unwrap_or_default();
-                            m.insert((ns, name), meta.metadata.uid.clone().unwrap_or_default());
-                        }
-                        Change::Gone(k) => {
-                            let (ns, name) = k.split_once('/').unwrap_or(("", &k));
-                            gone_uids.extend(m.remove(&(ns.to_string(), name.to_string())));
-                        }
+    type JobMeta = PartialObjectMeta<crate::api::imagepulljob::ImagePullJob>;
+    let stream = watcher(kube::Api::<JobMeta>::all(client.clone()), watcher::Config::default());
+    let key = |m: &JobMeta| {
+        let ns = m.metadata.namespace.as_deref().unwrap_or_default();
+        format!("{ns}/{}", m.metadata.name.as_deref().unwrap_or_default())
+    };
+    tokio::spawn(follow(stream, "ImagePullJob metadata", key, move |changes, listed| {
+        let mut gone_uids = Vec::new();
+        {
+            let Ok(mut m) = uids.objects.write() else { return false };
+            for change in changes {
+                match change {
+                    Change::Put(meta) => {
+                        let ns = meta.metadata.namespace.clone().unwrap_or_default();
+                        let name = meta.metadata.name.clone().unwrap_or_default();
+                        m.insert((ns, name), meta.metadata.uid.clone().unwrap_or_default());
+                    }
+                    Change::Gone(k) => {
+                        let (ns, name) = k.split_once('/').unwrap_or(("", &k));
+                        gone_uids.extend(m.remove(&(ns.to_string(), name.to_string())));
                     }
                 }
             }
-            if listed {
-                uids.mark_listed();
-            }
-            if gone_uids.is_empty() {
-                continue;
-            }
-            let Ok(ix) = node_images.objects.read() else { return };
-            for (name, ni) in ix.iter() {
-                let lists = ni.spec.images.iter().flatten().flat_map(|(_, i)| &i.tags).any(|t| {
-                    t.owner_references.iter().flatten().any(|o| o.uid.as_ref().is_some_and(|u| gone_uids.contains(u)))
-                });
-                if lists {
-                    enqueue(CONTROLLER, "", name);
-                }
+        }
+        if listed {
+            uids.mark_listed();
+        }
+        if gone_uids.is_empty() {
+            return true;
+        }
+        let Ok(ix) = node_images.objects.read() else { return false };
+        for (name, ni) in ix.iter() {
+            let lists = ni.spec.images.iter().flatten().flat_map(|(_, i)| &i.tags).any(|t| {
+                t.owner_references.iter().flatten().any(|o| o.uid.as_ref().is_some_and(|u| gone_uids.contains(u)))
+            });
+            if lists {
+                enqueue(CONTROLLER, "", name);
             }
         }
-    });
+        true
+    }));
 }
 
 pub struct NodeImageController {

@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
 use prometheus::{IntCounterVec, Opts};
 use serde_json::json;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::fanout::{FINALIZER, apply_body, fan_out, field_manager, nodes_to_apply, selects, split_key};
 use super::index::ProbeIndex;
@@ -29,7 +29,7 @@ use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::{ObjectStore, Trim};
 use crate::runtime::ownership::ShardOwnership;
 use crate::runtime::shard::ShardSpace;
-use crate::runtime::watch_changes::{Change, WatchChanges};
+use crate::runtime::watch_changes::{Change, follow};
 use crate::runtime::watch_hub::{WatchSpec, enqueue};
 
 pub const CONTROLLER: &str = "podprobemarker-controller";
@@ -60,39 +60,26 @@ pub fn watch_spec(store: ObjectStore) -> WatchSpec {
 /// Every NodePodProbe, watched by every replica into `index` (not sharded: one lists pods of
 /// many namespaces); a change reconciles the namespaces whose part changed, where held.
 pub fn watch_node_pod_probes(client: &Client, index: Arc<RwLock<ProbeIndex>>) {
-    use futures::StreamExt;
     use kube::runtime::watcher;
     let api = kube::Api::<NodePodProbe>::all(client.clone());
     let stream = watcher::watcher(api, watcher::Config::default());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut changes = WatchChanges::default();
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "NodePodProbe watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let changed: BTreeSet<String> = {
-                let Ok(mut ix) = index.write() else { return };
-                let name = |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default();
-                changes
-                    .on(event, name)
-                    .into_iter()
-                    .flat_map(|c| match c {
-                        Change::Put(o) => ix.apply(&o),
-                        Change::Gone(node) => ix.delete(&node),
-                    })
-                    .collect()
-            };
-            for ns in changed {
-                enqueue(CONTROLLER, &ns, "");
-            }
+    let name = |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default();
+    tokio::spawn(follow(stream, "NodePodProbe", name, move |changes, _| {
+        let changed: BTreeSet<String> = {
+            let Ok(mut ix) = index.write() else { return false };
+            changes
+                .into_iter()
+                .flat_map(|c| match c {
+                    Change::Put(o) => ix.apply(&o),
+                    Change::Gone(node) => ix.delete(&node),
+                })
+                .collect()
+        };
+        for ns in changed {
+            enqueue(CONTROLLER, &ns, "");
         }
-    });
+        true
+    }));
 }
 
 /// Probe marking counters.
