@@ -102,6 +102,25 @@ pub struct NodeImageStatus {
     pub first_sync_status: Option<SyncStatus>,
 }
 
+impl NodeImageSpec {
+    /// The spec of `image`'s tag `tag`, if asked for.
+    pub fn tag(&self, image: &str, tag: &str) -> Option<&ImageTagSpec> {
+        self.images.as_ref()?.get(image)?.tags.iter().find(|t| t.tag == tag)
+    }
+}
+
+impl NodeImageStatus {
+    /// The status of `image`'s tag `tag`, whatever version it is for.
+    pub fn tag(&self, image: &str, tag: &str) -> Option<&ImageTagStatus> {
+        self.image_statuses.as_ref()?.get(image)?.tags.iter().find(|t| t.tag == tag)
+    }
+
+    /// The status of `image`'s tag `tag` if it is for `version` (unset counts as 0).
+    pub fn tag_at(&self, image: &str, tag: &str, version: Option<i64>) -> Option<&ImageTagStatus> {
+        self.tag(image, tag).filter(|t| t.version.unwrap_or_default() == version.unwrap_or_default())
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageStatus {

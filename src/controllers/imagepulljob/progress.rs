@@ -44,21 +44,9 @@ enum TargetState {
 }
 
 fn target_state(job: &ImagePullJob, image: &ImageRef, ni: &NodeImage) -> TargetState {
-    let spec_tag = ni
-        .spec
-        .images
-        .as_ref()
-        .and_then(|m| m.get(&image.name))
-        .and_then(|i| i.tags.iter().find(|t| t.tag == image.tag))
-        .filter(|t| owned_by(t.owner_references.as_ref(), job));
+    let spec_tag = ni.spec.tag(&image.name, &image.tag).filter(|t| owned_by(t.owner_references.as_ref(), job));
     let Some(spec_tag) = spec_tag else { return TargetState::Unrequested };
-    let status_tag = ni
-        .status
-        .as_ref()
-        .and_then(|s| s.image_statuses.as_ref())
-        .and_then(|m| m.get(&image.name))
-        .and_then(|i| i.tags.iter().find(|t| t.tag == image.tag))
-        .filter(|t| t.version.unwrap_or_default() == spec_tag.version.unwrap_or_default());
+    let status_tag = ni.status.as_ref().and_then(|s| s.tag_at(&image.name, &image.tag, spec_tag.version));
     match status_tag.map(|t| t.phase) {
         Some(ImagePullPhase::Succeeded) => TargetState::Succeeded,
         Some(ImagePullPhase::Failed) => TargetState::Failed,

@@ -79,13 +79,8 @@ pub fn requested_spec(
             tag.created_at = Some(Time(now));
         }
         None => {
-            let reported = ni
-                .status
-                .as_ref()
-                .and_then(|s| s.image_statuses.as_ref())
-                .and_then(|m| m.get(&image.name))
-                .and_then(|i| i.tags.iter().find(|t| t.tag == image.tag))
-                .map(|t| t.version.unwrap_or_default());
+            let reported =
+                ni.status.as_ref().and_then(|s| s.tag(&image.name, &image.tag)).map(|t| t.version.unwrap_or_default());
             entry.tags.push(ImageTagSpec {
                 tag: image.tag.clone(),
                 created_at: Some(Time(now)),

@@ -104,7 +104,7 @@ pub fn spec_pass(
     let labels = node_labels.cloned().unwrap_or_else(|| ni.metadata.labels.clone().unwrap_or_default());
     let mut spec = ni.spec.clone();
     let mut next_expiry: Option<Duration> = None;
-    let statuses = ni.status.as_ref().and_then(|s| s.image_statuses.as_ref());
+    let status = ni.status.as_ref();
     if let Some(images) = spec.images.as_mut() {
         for (name, image) in images.iter_mut() {
             image.tags.retain_mut(|tag| {
@@ -118,10 +118,8 @@ pub fn spec_pass(
                     }
                 }
                 let ttl = tag.pull_policy.as_ref().and_then(|p| p.ttl_seconds_after_finished);
-                let done_at = statuses
-                    .and_then(|m| m.get(name))
-                    .and_then(|s| s.tags.iter().find(|t| t.tag == tag.tag && t.version == tag.version))
-                    .and_then(|t| t.completion_time.as_ref());
+                let done_at =
+                    status.and_then(|s| s.tag_at(name, &tag.tag, tag.version)).and_then(|t| t.completion_time.as_ref());
                 if let (Some(ttl), Some(done)) = (ttl, done_at) {
                     let expires = done.0.as_second().saturating_add(i64::from(ttl));
                     let left = expires - now.as_second();

@@ -68,22 +68,6 @@ impl AttemptPolicy {
     }
 }
 
-/// A tag's status as the node last reported it, if it is for `version`.
-fn reported<'s>(
-    status: Option<&'s NodeImageStatus>,
-    image: &str,
-    tag: &str,
-    version: i64,
-) -> Option<&'s ImageTagStatus> {
-    status?
-        .image_statuses
-        .as_ref()?
-        .get(image)?
-        .tags
-        .iter()
-        .find(|t| t.tag == tag && t.version.unwrap_or_default() == version)
-}
-
 /// The pulls the node owes: every spec tag without a finished status of its version (one the
 /// manager failed on the node's behalf counts as finished too).
 pub fn owed_pulls(spec: &NodeImageSpec, status: Option<&NodeImageStatus>) -> Vec<PullTask> {
@@ -91,7 +75,10 @@ pub fn owed_pulls(spec: &NodeImageSpec, status: Option<&NodeImageStatus>) -> Vec
     for (image, s) in spec.images.iter().flatten() {
         for tag in &s.tags {
             let version = tag.version.unwrap_or_default();
-            if reported(status, image, &tag.tag, version).is_some_and(|t| t.completion_time.is_some()) {
+            if status
+                .and_then(|s| s.tag_at(image, &tag.tag, Some(version)))
+                .is_some_and(|t| t.completion_time.is_some())
+            {
                 continue;
             }
             owed.push(PullTask {
@@ -122,7 +109,7 @@ pub fn node_status(
             let current = live
                 .get(&(image.clone(), tag.tag.clone()))
                 .filter(|t| t.version.unwrap_or_default() == version)
-                .or_else(|| reported(reported_status, image, &tag.tag, version));
+                .or_else(|| reported_status.and_then(|s| s.tag_at(image, &tag.tag, Some(version))));
             if let Some(t) = current {
                 images.entry(image.clone()).or_insert_with(|| ImageStatus { tags: Vec::new() }).tags.push(t.clone());
             }
