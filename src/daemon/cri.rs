@@ -10,13 +10,15 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerFilter, ContainerState, ContainerStatusRequest, ExecSyncRequest, ListContainersRequest, VersionRequest,
+    AuthConfig, ContainerFilter, ContainerState, ContainerStatusRequest, ExecSyncRequest, ImageSpec,
+    ListContainersRequest, ListImagesRequest, PullImageRequest, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutcome, RuntimeError};
+use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutcome, ImageRuntime, RegistryAuth, RuntimeError};
 
 /// The label the kubelet puts on every container with its pod's uid.
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
@@ -34,10 +36,11 @@ pub const KNOWN_SOCKETS: &[&str] = &[
 /// How long connecting to a runtime may take (upstream: 5 s for the runtime service).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A CRI runtime service client. Cloning shares the connection.
+/// CRI runtime and image service clients on one connection. Cloning shares it.
 #[derive(Clone, Debug)]
 pub struct CriRuntime {
     client: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
 }
 
 fn rpc_error(what: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -59,12 +62,12 @@ impl CriRuntime {
             }))
             .await
             .map_err(|e| rpc_error(&format!("connecting to {}", socket.display()), e))?;
-        let mut client = RuntimeServiceClient::new(channel);
+        let mut client = RuntimeServiceClient::new(channel.clone());
         client
             .version(VersionRequest { version: "0.1.0".into() })
             .await
             .map_err(|e| rpc_error(&format!("Version on {}", socket.display()), e))?;
-        Ok(CriRuntime { client })
+        Ok(CriRuntime { client, images: ImageServiceClient::new(channel) })
     }
 
     /// The runtime under `host_var_run`: `socket_file` if named, else the first known socket
@@ -159,6 +162,42 @@ impl ContainerRuntime for CriRuntime {
     }
 }
 
+impl ImageRuntime for CriRuntime {
+    fn image_id(&self, reference: &str) -> BoxFuture<'_, Result<Option<String>, RuntimeError>> {
+        let mut images = self.images.clone();
+        let reference = reference.to_string();
+        Box::pin(async move {
+            // Every image, as upstream: a filter by reference is not matched the same way by every
+            // runtime, a repo tag is.
+            let listed = images
+                .list_images(ListImagesRequest { filter: None })
+                .await
+                .map_err(|e| rpc_error("ListImages", e))?
+                .into_inner();
+            Ok(listed.images.into_iter().find(|i| i.repo_tags.contains(&reference)).map(|i| i.id))
+        })
+    }
+
+    fn pull_image(&self, reference: &str, auth: Option<&RegistryAuth>) -> BoxFuture<'_, Result<String, RuntimeError>> {
+        let mut images = self.images.clone();
+        let request = PullImageRequest {
+            image: Some(ImageSpec { image: reference.to_string(), ..Default::default() }),
+            auth: auth.map(|a| AuthConfig {
+                username: a.username.clone(),
+                password: a.password.clone(),
+                auth: a.auth.clone(),
+                server_address: a.server_address.clone(),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        };
+        Box::pin(async move {
+            let pulled = images.pull_image(request).await.map_err(|e| rpc_error("PullImage", e))?;
+            Ok(pulled.into_inner().image_ref)
+        })
+    }
+}
+
 /// An in-process CRI runtime service for tests: containers per pod uid, scripted execs.
 #[cfg(test)]
 pub(crate) mod fake {
@@ -166,6 +205,7 @@ pub(crate) mod fake {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
     use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
     use k8s_cri::v1::*;
     use tonic::{Request, Response, Status};
@@ -190,6 +230,10 @@ pub(crate) mod fake {
         pub delay: Duration,
     }
 
+    /// An image the fake holds: id and repo tags.
+    pub type FakeImage = (String, Vec<String>);
+    /// A pull the fake was asked for: the reference and the username sent (if any).
+    pub type PullCall = (String, Option<String>);
     /// An exec the fake was asked for: container id, command, timeout in seconds.
     pub type ExecCall = (String, Vec<String>, i64);
 
@@ -200,6 +244,14 @@ pub(crate) mod fake {
         pub execs: Arc<Mutex<HashMap<String, FakeExec>>>,
         /// Execs asked for, in order.
         pub ran: Arc<Mutex<Vec<ExecCall>>>,
+        /// Images the node holds.
+        pub images: Arc<Mutex<Vec<FakeImage>>>,
+        /// Pulls that fail, by reference: how many more times, and with what.
+        pub pull_failures: Arc<Mutex<HashMap<String, (u32, String)>>>,
+        /// How long a pull takes.
+        pub pull_delay: Arc<Mutex<Duration>>,
+        /// Pulls asked for, in order.
+        pub pulled: Arc<Mutex<Vec<PullCall>>>,
     }
 
     impl FakeRuntime {
@@ -210,8 +262,10 @@ pub(crate) mod fake {
                 let accepted = l.accept().await.map(|(s, _)| s);
                 Some((accepted, l))
             });
-            let service = RuntimeServiceServer::new(self.clone());
-            tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+            let runtime = RuntimeServiceServer::new(self.clone());
+            let images = ImageServiceServer::new(self.clone());
+            let server = tonic::transport::Server::builder().add_service(runtime).add_service(images);
+            tokio::spawn(server.serve_with_incoming(incoming));
         }
     }
 
@@ -341,6 +395,43 @@ pub(crate) mod fake {
             runtime_config: RuntimeConfigRequest => RuntimeConfigResponse,
         }
     }
+
+    #[tonic::async_trait]
+    impl ImageService for FakeRuntime {
+        async fn list_images(&self, _: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+            let images = self.images.lock().map_err(|_| Status::internal("poisoned"))?;
+            let images = images
+                .iter()
+                .map(|(id, tags)| Image { id: id.clone(), repo_tags: tags.clone(), ..Default::default() })
+                .collect();
+            Ok(Response::new(ListImagesResponse { images }))
+        }
+
+        async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+            let r = request.into_inner();
+            let reference = r.image.map(|i| i.image).unwrap_or_default();
+            let user = r.auth.map(|a| a.username);
+            self.pulled.lock().map_err(|_| Status::internal("poisoned"))?.push((reference.clone(), user));
+            let delay = *self.pull_delay.lock().map_err(|_| Status::internal("poisoned"))?;
+            tokio::time::sleep(delay).await;
+            if let Some((left, message)) =
+                self.pull_failures.lock().map_err(|_| Status::internal("poisoned"))?.get_mut(&reference)
+                && *left > 0
+            {
+                *left -= 1;
+                return Err(Status::not_found(message.clone()));
+            }
+            let id = format!("sha256:{:064x}", reference.len());
+            self.images.lock().map_err(|_| Status::internal("poisoned"))?.push((id.clone(), vec![reference]));
+            Ok(Response::new(PullImageResponse { image_ref: id }))
+        }
+
+        unimplemented_rpcs! {
+            image_status: ImageStatusRequest => ImageStatusResponse,
+            remove_image: RemoveImageRequest => RemoveImageResponse,
+            image_fs_info: ImageFsInfoRequest => ImageFsInfoResponse,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +511,36 @@ mod tests {
         assert_eq!(path, dir.join("containerd.sock"));
         let err = CriRuntime::discover(&socket_dir("none"), None).await.unwrap_err();
         assert!(err.0.contains("no CRI runtime answered"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn images_are_found_by_repo_tag_and_pulled_with_credentials() {
+        let dir = socket_dir("images");
+        let fake = FakeRuntime::default();
+        fake.images.lock().unwrap().push(("sha256:aaa".into(), vec!["nginx:1.25".into()]));
+        fake.pull_failures.lock().unwrap().insert("redis:7".into(), (1, "manifest unknown".into()));
+        fake.serve(&dir.join("containerd.sock")).await;
+        let (_, rt) = CriRuntime::discover(&dir, Some("containerd.sock")).await.expect("runtime");
+
+        assert_eq!(rt.image_id("nginx:1.25").await.unwrap().as_deref(), Some("sha256:aaa"), "already there");
+        assert_eq!(rt.image_id("nginx:1.26").await.unwrap(), None);
+
+        let auth = RegistryAuth { username: "robot".into(), password: "s3cret".into(), ..Default::default() };
+        let failed = rt.pull_image("redis:7", Some(&auth)).await.expect_err("the first pull fails");
+        assert!(failed.0.contains("manifest unknown"), "{failed}");
+        let pulled = rt.pull_image("redis:7", None).await.expect("the second one works");
+        assert_eq!(rt.image_id("redis:7").await.unwrap(), Some(pulled));
+        assert_eq!(
+            *fake.pulled.lock().unwrap(),
+            [("redis:7".to_string(), Some("robot".to_string())), ("redis:7".to_string(), None)],
+            "the credentials reach the runtime"
+        );
+
+        // A slow pull is cut off by the caller's timeout.
+        *fake.pull_delay.lock().unwrap() = Duration::from_secs(5);
+        let slow = tokio::time::timeout(Duration::from_millis(300), rt.pull_image("busybox:1", None)).await;
+        assert!(slow.is_err(), "still pulling at the timeout");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

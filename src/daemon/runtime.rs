@@ -1,5 +1,6 @@
-//! What the daemon needs of a container runtime for probes, as a trait: the CRI client on a real
-//! node ([`super::cri`]), the simulated runtime for kwok nodes ([`super::simulated`]).
+//! What the daemon needs of a container runtime, as traits (containers and execs for probes,
+//! images for pre-download): the CRI client on a real node ([`super::cri`]), the simulated
+//! runtime for kwok nodes ([`super::simulated`]).
 
 use std::time::Duration;
 
@@ -40,4 +41,23 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         command: &[String],
         timeout: Duration,
     ) -> BoxFuture<'_, Result<ExecOutcome, RuntimeError>>;
+}
+
+/// Registry credentials from an image pull secret (the `auths` entry for the image's registry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    /// base64 of `username:password`, when the secret gives it so.
+    pub auth: String,
+    pub server_address: String,
+}
+
+pub trait ImageRuntime: Send + Sync + 'static {
+    /// The ID of the image the node holds under `reference` (`name:tag`, a repo tag), if any.
+    fn image_id(&self, reference: &str) -> BoxFuture<'_, Result<Option<String>, RuntimeError>>;
+
+    /// Pulls `reference` with `auth` (None: anonymous); returns the runtime's image reference.
+    /// The caller bounds it in time: dropping the future cancels the pull.
+    fn pull_image(&self, reference: &str, auth: Option<&RegistryAuth>) -> BoxFuture<'_, Result<String, RuntimeError>>;
 }
