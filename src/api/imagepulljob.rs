@@ -115,18 +115,12 @@ pub struct ImagePullJobStatus {
 pub fn completion_policy_required(
     mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    if crd.spec.names.kind != "ImagePullJob" {
-        return crd;
-    }
-    for version in &mut crd.spec.versions {
-        let root = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
-        if let Some(spec) = root.and_then(|r| r.properties.as_mut()).and_then(|p| p.get_mut("spec")) {
-            let required = spec.required.get_or_insert_with(Vec::new);
-            if !required.iter().any(|r| r == "completionPolicy") {
-                required.insert(0, "completionPolicy".to_string());
-            }
+    super::schema::for_each_spec_schema(&mut crd, "ImagePullJob", |spec| {
+        let required = spec.required.get_or_insert_with(Vec::new);
+        if !required.iter().any(|r| r == "completionPolicy") {
+            required.insert(0, "completionPolicy".to_string());
         }
-    }
+    });
     crd
 }
 

@@ -102,18 +102,12 @@ pub struct ContainerProbeState {
 /// apply, the API server leaves `null` where the list (or the emptied `spec`) was, and a
 /// non-nullable schema would refuse that write.
 pub fn spec_may_be_null(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    if crd.spec.names.kind != "NodePodProbe" {
-        return crd;
-    }
-    for version in &mut crd.spec.versions {
-        let root = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
-        if let Some(spec) = root.and_then(|r| r.properties.as_mut()).and_then(|p| p.get_mut("spec")) {
-            spec.nullable = Some(true);
-            if let Some(list) = spec.properties.as_mut().and_then(|p| p.get_mut("podProbes")) {
-                list.nullable = Some(true);
-            }
+    super::schema::for_each_spec_schema(&mut crd, "NodePodProbe", |spec| {
+        spec.nullable = Some(true);
+        if let Some(list) = spec.properties.as_mut().and_then(|p| p.get_mut("podProbes")) {
+            list.nullable = Some(true);
         }
-    }
+    });
     crd
 }
 

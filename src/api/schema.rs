@@ -48,6 +48,19 @@ pub fn upstream_conventions(mut crd: CustomResourceDefinition) -> CustomResource
     crd
 }
 
+/// Calls `f` on the `spec` schema of every version of `kind`'s CRD; other CRDs are left alone.
+pub fn for_each_spec_schema(crd: &mut CustomResourceDefinition, kind: &str, mut f: impl FnMut(&mut JSONSchemaProps)) {
+    if crd.spec.names.kind != kind {
+        return;
+    }
+    for version in &mut crd.spec.versions {
+        let root = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
+        if let Some(spec) = root.and_then(|r| r.properties.as_mut()).and_then(|p| p.get_mut("spec")) {
+            f(spec);
+        }
+    }
+}
+
 /// Calls `f` on every node of every version's schema, parents before children.
 pub fn for_each_schema_node(crd: &mut CustomResourceDefinition, f: &mut impl FnMut(&mut JSONSchemaProps)) {
     for version in &mut crd.spec.versions {

@@ -35,6 +35,13 @@ pub enum Action {
 #[error("{0}")]
 pub struct ReconcileError(pub String);
 
+impl ReconcileError {
+    /// A reconcile error saying what `e` says.
+    pub fn from_display(e: impl std::fmt::Display) -> Self {
+        ReconcileError(e.to_string())
+    }
+}
+
 /// A controller's reconcile for objects of one namespace.
 pub trait Reconciler: Send + Sync + 'static {
     /// The controller's name, as metrics label it (e.g. `cloneset-controller`).

@@ -118,10 +118,6 @@ pub struct ImagePullJobController {
     pub ownership: ShardOwnership,
 }
 
-fn err(e: impl std::fmt::Display) -> ReconcileError {
-    ReconcileError(e.to_string())
-}
-
 impl Reconciler for ImagePullJobController {
     fn name(&self) -> &'static str {
         CONTROLLER
@@ -199,16 +195,16 @@ async fn reconcile_job(
         info!(job = %format!("{ns}/{name}"), "deleting a finished job past its ttlSecondsAfterFinished");
         return match write(job_target(false), WriteOp::Delete).await {
             Ok(()) | Err(WriteError::Api { code: 404, .. }) => Ok(Action::Done),
-            Err(e) => Err(err(e)),
+            Err(e) => Err(ReconcileError::from_display(e)),
         };
     }
-    let image = parse_image(&job.spec.image).map_err(err)?;
+    let image = parse_image(&job.spec.image).map_err(ReconcileError::from_display)?;
     // Before the first list every job would look target-less, and an Always one would complete.
     if !index.is_listed() {
         return Ok(Action::RequeueAfter(UNTIL_LISTED));
     }
     let (plan, edits) = {
-        let ix = index.objects.read().map_err(err)?;
+        let ix = index.objects.read().map_err(ReconcileError::from_display)?;
         let pod_refs: Vec<&Pod> = pods.iter().collect();
         let names = target_names(&job, &ix, &pod_refs);
         let targets: Vec<&NodeImage> = names.iter().filter_map(|n| ix.get(n)).collect();
@@ -248,7 +244,9 @@ async fn reconcile_job(
     }
 
     if job.status.as_ref() != Some(&plan.status) {
-        write(job_target(true), WriteOp::MergePatch(status_patch(&plan.status))).await.map_err(err)?;
+        write(job_target(true), WriteOp::MergePatch(status_patch(&plan.status)))
+            .await
+            .map_err(ReconcileError::from_display)?;
     }
     let next = [conflict.then_some(CONFLICT_RETRY), plan.deadline_in].into_iter().flatten().min();
     Ok(next.map_or(Action::Done, Action::RequeueAfter))

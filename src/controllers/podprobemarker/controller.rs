@@ -127,10 +127,6 @@ fn resource<K: kube::Resource<DynamicType = ()>>() -> ApiResource {
     ApiResource::erase::<K>(&())
 }
 
-fn err(e: impl std::fmt::Display) -> ReconcileError {
-    ReconcileError(e.to_string())
-}
-
 impl Reconciler for PodProbeMarkerController {
     fn name(&self) -> &'static str {
         CONTROLLER
@@ -174,7 +170,7 @@ async fn reconcile_namespace(
     let pod_refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let fanout = fan_out(markers, &pod_refs);
     let (observed, states, waiting_for_node) = {
-        let ix = index.read().map_err(err)?;
+        let ix = index.read().map_err(ReconcileError::from_display)?;
         let observed = ix.observed(ns, fanout.by_node.keys());
         let waiting = fanout.by_node.keys().any(|n| !ix.has_node(n));
         (observed, ix.states(ns), waiting)

@@ -50,10 +50,6 @@ pub struct SidecarSetCoordinator {
     pub ownership: ShardOwnership,
 }
 
-fn err(e: impl std::fmt::Display) -> ReconcileError {
-    ReconcileError(e.to_string())
-}
-
 impl Reconciler for SidecarSetCoordinator {
     fn name(&self) -> &'static str {
         CONTROLLER
@@ -71,12 +67,14 @@ impl Reconciler for SidecarSetCoordinator {
             // Fencing, and nothing to keep for a deleted set (its revisions go with it: owner refs).
             let Some(epoch) = ownership.epoch(shard) else { return Ok(Action::Done) };
             let Some(object) = cached else { return Ok(Action::Done) };
-            let set: SidecarSet = serde_json::from_value(serde_json::to_value(&*object).map_err(err)?).map_err(err)?;
+            let set: SidecarSet =
+                serde_json::from_value(serde_json::to_value(&*object).map_err(ReconcileError::from_display)?)
+                    .map_err(ReconcileError::from_display)?;
             let revisions: Api<ControllerRevision> = Api::namespaced(client, &kruise_ns);
             let existing = revisions
                 .list(&ListParams::default().labels(&format!("{SIDECARSET_NAME_LABEL}={name}")))
                 .await
-                .map_err(err)?;
+                .map_err(ReconcileError::from_display)?;
             let plan = plan_revisions(&set, &existing.items, &kruise_ns, &rollout.revisions_in_use(&name));
             if plan.kept_in_use > 0 {
                 warn!(set = %name, over = plan.kept_in_use, "revision history over its limit: the rest are in use");
@@ -89,7 +87,7 @@ impl Reconciler for SidecarSetCoordinator {
             };
             if let Some(new) = &plan.create {
                 let target = revision_target(new.metadata.name.as_deref().unwrap_or_default());
-                let mut body = serde_json::to_value(new).map_err(err)?;
+                let mut body = serde_json::to_value(new).map_err(ReconcileError::from_display)?;
                 body["apiVersion"] = json!("apps/v1");
                 body["kind"] = json!("ControllerRevision");
                 match write(target, WriteOp::Create(body)).await {
@@ -98,16 +96,18 @@ impl Reconciler for SidecarSetCoordinator {
                     Err(WriteError::Api { code: 409, .. }) => {
                         return Ok(Action::RequeueAfter(std::time::Duration::from_secs(1)));
                     }
-                    Err(e) => return Err(err(e)),
+                    Err(e) => return Err(ReconcileError::from_display(e)),
                 }
             }
             if let Some((rev, number)) = &plan.renumber {
-                write(revision_target(rev), WriteOp::MergePatch(json!({ "revision": number }))).await.map_err(err)?;
+                write(revision_target(rev), WriteOp::MergePatch(json!({ "revision": number })))
+                    .await
+                    .map_err(ReconcileError::from_display)?;
             }
             for old in &plan.delete {
                 match write(revision_target(old), WriteOp::Delete).await {
                     Ok(()) | Err(WriteError::Api { code: 404, .. }) => {}
-                    Err(e) => return Err(err(e)),
+                    Err(e) => return Err(ReconcileError::from_display(e)),
                 }
             }
             let counts = rollout.coordinate(&set, epoch).await?;
@@ -132,7 +132,7 @@ impl Reconciler for SidecarSetCoordinator {
                 let patch = json!({ "status": wanted });
                 match write(target, WriteOp::MergePatch(patch)).await {
                     Ok(()) | Err(WriteError::Api { code: 404, .. }) => {}
-                    Err(e) => return Err(err(e)),
+                    Err(e) => return Err(ReconcileError::from_display(e)),
                 }
             }
             Ok(Action::Done)

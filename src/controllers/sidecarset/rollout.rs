@@ -193,10 +193,6 @@ impl std::ops::Deref for RolloutContext {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> ReconcileError {
-    ReconcileError(e.to_string())
-}
-
 fn now_rfc3339() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -314,7 +310,7 @@ impl RolloutContext {
                 continue;
             }
             if let Err(e) = self.ensure_ledger(shard, epoch, v.name, &v.hash).await {
-                outcome = Err(err(e));
+                outcome = Err(ReconcileError::from_display(e));
                 break;
             }
             let facts: Vec<PodFacts> = matched.iter().map(|(_, f)| f.clone()).collect();
@@ -410,7 +406,7 @@ impl RolloutContext {
         for pod in pods {
             let key =
                 (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
-            writes.push((key, upgrade_patch(v, pod, &latest, &now).map_err(err)?));
+            writes.push((key, upgrade_patch(v, pod, &latest, &now).map_err(ReconcileError::from_display)?));
         }
         let results: Vec<Result<(), WriteError>> = futures::stream::iter(writes)
             .map(|((ns, name), patch)| async move {
@@ -442,7 +438,7 @@ impl RolloutContext {
             .buffer_unordered(UPGRADE_CONCURRENCY)
             .collect()
             .await;
-        results.into_iter().collect::<Result<(), _>>().map_err(err)
+        results.into_iter().collect::<Result<(), _>>().map_err(ReconcileError::from_display)
     }
 
     /// The owner's part for `set` (whose shard this replica holds under `epoch`): grants from the
@@ -466,16 +462,16 @@ impl RolloutContext {
         let current = match owned {
             Some(g) => g,
             // A new acquisition continues from the API server's grants, never a stale cache.
-            None => grants_in(Some(&self.fresh_data(v.name).await.map_err(err)?)),
+            None => grants_in(Some(&self.fresh_data(v.name).await.map_err(ReconcileError::from_display)?)),
         };
         let next = allocate(set.spec.update_strategy.as_ref(), &v.hash, &reports, &current);
         if next != current {
-            let body = serde_json::to_string(&next).map_err(err)?;
+            let body = serde_json::to_string(&next).map_err(ReconcileError::from_display)?;
             let patch = json!({ "data": { GRANTS_KEY: body } });
             if let Err(e) = write(self.configmap_target(v.name), WriteOp::MergePatch(patch)).await {
                 // The outcome is unknown: the next round reads the grants afresh.
                 self.lock().owned.remove(v.name);
-                return Err(err(e));
+                return Err(ReconcileError::from_display(e));
             }
             debug!(set = v.name, grants = ?next.shards, "granted");
         }
@@ -505,7 +501,7 @@ impl RolloutContext {
         });
         match write(self.configmap_target(&name), WriteOp::Create(body)).await {
             Ok(()) | Err(WriteError::Api { code: 409, .. }) => Ok(()),
-            Err(e) => Err(err(e)),
+            Err(e) => Err(ReconcileError::from_display(e)),
         }
     }
 
