@@ -201,10 +201,7 @@ async fn reconcile_namespace(
         let op = WriteOp::Apply { field_manager: field_manager(ns), object: apply_body(&node, &entries) };
         let r = write(target, op).await;
         metrics.count("nodepodprobe_apply", &r);
-        match &r {
-            Ok(()) => recent.remember(key, fingerprint, Instant::now()),
-            Err(_) => recent.forget(&key),
-        }
+        recent.settle(key, fingerprint, &r);
         r.map_err(|e| format!("applying {ns}'s probes to NodePodProbe {node}: {e}"))
     });
     failures.extend(join_all(applies).await.into_iter().filter_map(Result::err));
@@ -241,10 +238,7 @@ async fn reconcile_namespace(
         debug!(pod = %target.name, %patch, "marking pod");
         let r = write(target.clone(), WriteOp::StrategicPatch(patch)).await;
         metrics.count("pod_mark", &r);
-        match &r {
-            Ok(()) => recent.remember(recent_key, fingerprint, Instant::now()),
-            Err(_) => recent.forget(&recent_key),
-        }
+        recent.settle(recent_key, fingerprint, &r);
         r.map_err(|e| format!("marking pod {ns}/{}: {e}", target.name))
     });
     failures.extend(join_all(writes).await.into_iter().filter_map(Result::err));
@@ -322,9 +316,6 @@ async fn keep_marker(
     }
     let patch = json!({ "status": { "observedGeneration": generation, "matchedPods": pods } });
     let r = write(WriteTarget { status: true, ..target }, WriteOp::MergePatch(patch)).await;
-    match &r {
-        Ok(()) => recent.remember(key, fingerprint, Instant::now()),
-        Err(_) => recent.forget(&key),
-    }
+    recent.settle(key, fingerprint, &r);
     r.map(|()| None).map_err(|e| format!("writing the status of {ns}/{name}: {e}"))
 }

@@ -38,6 +38,15 @@ impl RecentWrites {
         spacing.checked_sub(now.duration_since(*at)).filter(|d| !d.is_zero())
     }
 
+    /// Records how a write of `value` to `key` went: a success vouches for an identical write,
+    /// a failure lets the next one go out.
+    pub fn settle<E>(&self, key: String, value: String, outcome: &Result<(), E>) {
+        match outcome {
+            Ok(()) => self.remember(key, value, Instant::now()),
+            Err(_) => self.forget(&key),
+        }
+    }
+
     pub fn forget(&self, key: &str) {
         if let Ok(mut m) = self.0.lock() {
             m.remove(key);
@@ -64,6 +73,10 @@ mod tests {
         );
         assert_eq!(r.wait("pod/ns/a", Duration::from_secs(3), t0 + Duration::from_secs(3)), None);
         assert_eq!(r.wait("pod/ns/b", Duration::from_secs(3), t0), None, "never written: no wait");
+        r.settle::<()>("pod/ns/c".into(), "v".into(), &Ok(()));
+        assert!(r.holds("pod/ns/c", "v", Instant::now()), "a success vouches");
+        r.settle("pod/ns/c".into(), "v".into(), &Err(()));
+        assert!(!r.holds("pod/ns/c", "v", Instant::now()), "a failure lets the next one go out");
         r.forget("pod/ns/a");
         assert!(!r.holds("pod/ns/a", "rv1:patch", t0 + Duration::from_secs(1)));
     }
