@@ -332,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("the ImagePullJob CRD is not served: its controllers are not started");
     }
     if !node_controllers.is_empty() {
-        watches.push(kruise::controllers::nodepodprobe::nodes_watch_spec(nodes, node_controllers));
+        watches.push(kruise::controllers::nodes::watch_spec(nodes, node_controllers));
     }
     if !pod_controllers.is_empty() {
         watches.push(kruise::controllers::pods::watch_spec(pods, pod_controllers));

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod imagepulljob;
 pub mod nodeimage;
 pub mod nodepodprobe;
+pub mod nodes;
 pub mod podprobemarker;
 pub mod pods;
 pub mod sidecarset;

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::nodeimage::{ImagePullPhase, ImageStatus, ImageTagStatus, NodeImage, NodeImageSpec, NodeImageStatus};
-use crate::controllers::nodepodprobe::VIRTUAL_KUBELET;
+use crate::controllers::nodes::{is_virtual, ready_since};
 
 /// A NodeImage with this label stays without a node (tests use such "fake" NodeImages).
 pub const FAKE_NODE_IMAGE_LABEL: &str = "apps.kruise.io/fake-nodeimage";
@@ -34,16 +34,6 @@ pub enum Lifecycle {
     WaitFor(Duration),
     /// It exists (or must not yet): go on with its spec and status.
     Keep,
-}
-
-fn ready_since(node: &Node) -> Option<Timestamp> {
-    let conditions = node.status.as_ref()?.conditions.as_ref()?;
-    let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(ready.last_transition_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0))
-}
-
-fn is_virtual(node: &Node) -> bool {
-    node.metadata.labels.as_ref().and_then(|l| l.get(VIRTUAL_KUBELET.0)).is_some_and(|v| v == VIRTUAL_KUBELET.1)
 }
 
 /// The lifecycle decision for `node` (None: gone) and its NodeImage `ni` (None: none yet); a node

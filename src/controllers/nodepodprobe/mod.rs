@@ -10,6 +10,7 @@ use serde_json::json;
 use tracing::info;
 
 use crate::api::nodepodprobe::NodePodProbe;
+use crate::controllers::nodes::{is_virtual, ready_since};
 use crate::controllers::pods::typed;
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
@@ -19,25 +20,6 @@ use crate::runtime::shard::ShardSpace;
 use crate::runtime::watch_hub::WatchSpec;
 
 pub const CONTROLLER: &str = "nodepodprobe-controller";
-
-/// Nodes labelled so are served by a provider, not kruise-daemon.
-pub const VIRTUAL_KUBELET: (&str, &str) = ("type", "virtual-kubelet");
-
-/// The one nodes watch of a replica, for every controller keeping per-node objects (NodePodProbe,
-/// NodeImage), keeping only what they read (labels, deletion, conditions).
-pub fn nodes_watch_spec(store: ObjectStore, controllers: Vec<&'static str>) -> WatchSpec {
-    WatchSpec {
-        controllers,
-        url_path: "/api/v1/nodes".into(),
-        label_selector: None,
-        store,
-        trim: Trim {
-            drop: &[&["spec"], &["status", "images"], &["status", "volumesAttached"], &["status", "volumesInUse"]],
-        },
-        namespaced: false,
-        per_namespace: false,
-    }
-}
 
 /// NodePodProbes by name only (their content is the PodProbeMarker controller's business).
 pub fn watch_spec(store: ObjectStore) -> WatchSpec {
@@ -64,21 +46,9 @@ pub enum Lifecycle {
 /// exists. A node that is not Ready yet gets its NodePodProbe once it is; one that stops being
 /// Ready keeps it.
 pub fn decide(node: Option<&Node>, has_probe: bool) -> Lifecycle {
-    let serves = |n: &Node| {
-        let virtual_kubelet =
-            n.metadata.labels.as_ref().and_then(|l| l.get(VIRTUAL_KUBELET.0)).is_some_and(|v| v == VIRTUAL_KUBELET.1);
-        n.metadata.deletion_timestamp.is_none() && !virtual_kubelet
-    };
-    let ready = |n: &Node| {
-        n.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    };
+    let serves = |n: &Node| n.metadata.deletion_timestamp.is_none() && !is_virtual(n);
     match node {
-        Some(n) if serves(n) && ready(n) && !has_probe => Lifecycle::Create,
+        Some(n) if serves(n) && ready_since(n).is_some() && !has_probe => Lifecycle::Create,
         Some(n) if serves(n) => Lifecycle::Keep,
         _ if has_probe => Lifecycle::Delete,
         _ => Lifecycle::Keep,
