@@ -16,6 +16,8 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions}
 use kube::{Api, Client};
 use tokio::time::Instant;
 
+use super::watch_changes::{Change, follow};
+
 /// Label every lease of ours carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "kruise-rs";
@@ -207,22 +209,18 @@ impl LeaseStore {
         Self { api: Api::namespaced(client, namespace) }
     }
 
-    /// Watches our leases and calls `departed` whenever one is deleted or released (its holder
-    /// cleared): a replica leaving gracefully, whose shards are free to take right now. Renewals
-    /// are ignored. The watch retries with back-off; the caller aborts the task to stop it.
+    /// Watches our leases and calls `departed` whenever one is deleted or seen released (its
+    /// holder cleared): a replica leaving gracefully, whose shards are free to take right now.
+    /// Renewals are ignored. The caller aborts the task to stop it.
     pub fn watch_departures(&self, departed: impl Fn() + Send + 'static) -> tokio::task::JoinHandle<()> {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
+        use kube::runtime::watcher;
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-        let events = watcher(self.api.clone(), config).default_backoff();
-        tokio::spawn(events.for_each(move |event| {
-            match event {
-                Ok(watcher::Event::Delete(_)) => departed(),
-                Ok(watcher::Event::Apply(l)) if is_free(&l) => departed(),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "lease watch failed; retrying"),
+        let name = |l: &Lease| l.metadata.name.clone().unwrap_or_default();
+        tokio::spawn(follow(watcher(self.api.clone(), config), "lease", name, move |changes, _| {
+            if changes.iter().any(|c| matches!(c, Change::Gone(_)) || matches!(c, Change::Put(l) if is_free(l))) {
+                departed();
             }
-            futures::future::ready(())
+            true
         }))
     }
 
