@@ -9,3 +9,11 @@ pub mod podprobemarker;
 pub mod pods;
 pub mod sidecarset;
 pub mod update_sort;
+
+use std::time::Duration;
+
+/// A timer of `secs` whole seconds, at least one: the waits computed from the API's second-grained
+/// times (TTLs, deadlines, response timeouts).
+pub fn wait_seconds(secs: i64) -> Duration {
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0).max(1))
+}

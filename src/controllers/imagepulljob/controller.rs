@@ -190,7 +190,7 @@ async fn reconcile_job(
         let Some(ttl) = job.spec.completion_policy.ttl_seconds_after_finished else { return Ok(Action::Done) };
         let left = done.0.as_second().saturating_add(i64::from(ttl)) - now.as_second();
         if left > 0 {
-            return Ok(Action::RequeueAfter(Duration::from_secs(u64::try_from(left).unwrap_or(1))));
+            return Ok(Action::RequeueAfter(crate::controllers::wait_seconds(left)));
         }
         info!(job = %format!("{ns}/{name}"), "deleting a finished job past its ttlSecondsAfterFinished");
         return match write(job_target(false), WriteOp::Delete).await {
@@ -224,8 +224,8 @@ async fn reconcile_job(
         (plan, edits)
     };
 
-    let mut conflict = false;
-    for (node, version, entry) in edits {
+    // The edits go out together: each is to its own NodeImage.
+    let writes = edits.into_iter().map(|(node, version, entry)| {
         debug!(node = %node, "handing the image to the node");
         let target = WriteTarget {
             resource: ApiResource::erase::<NodeImage>(&()),
@@ -236,7 +236,11 @@ async fn reconcile_job(
         // Against the version read, so two jobs asking at once cannot lose one's tag.
         let patch =
             json!({ "metadata": { "resourceVersion": version }, "spec": { "images": { image.name.clone(): entry } } });
-        match write(target, WriteOp::MergePatch(patch)).await {
+        async move { (node, write(target, WriteOp::MergePatch(patch)).await) }
+    });
+    let mut conflict = false;
+    for (node, result) in futures::future::join_all(writes).await {
+        match result {
             Ok(()) => {}
             Err(WriteError::Api { code: 409 | 404, .. }) => conflict = true,
             Err(e) => return Err(ReconcileError(format!("NodeImage {node}: {e}"))),

@@ -114,7 +114,7 @@ pub fn progress(job: &ImagePullJob, image: &ImageRef, targets: &[&NodeImage], no
     let room = parallelism(job).saturating_sub(active.len());
     let to_request =
         if status.completion_time.is_some() { Vec::new() } else { unrequested.into_iter().take(room).collect() };
-    let deadline_in = left.map(|l| Duration::from_secs(u64::try_from(l).unwrap_or(1).max(1)));
+    let deadline_in = left.map(crate::controllers::wait_seconds);
     Progress { status, to_request, deadline_in }
 }
 

@@ -116,7 +116,7 @@ pub fn spec_pass(
                     if left <= 0 {
                         return false;
                     }
-                    let left = Duration::from_secs(u64::try_from(left).unwrap_or(1));
+                    let left = crate::controllers::wait_seconds(left);
                     next_expiry = Some(next_expiry.map_or(left, |n| n.min(left)));
                 }
                 true
@@ -150,7 +150,7 @@ pub fn status_pass(
     let mut failures = Vec::new();
     let mut next: Option<Duration> = None;
     let mut wait = |secs: i64| {
-        let d = Duration::from_secs(u64::try_from(secs).unwrap_or(1).max(1));
+        let d = crate::controllers::wait_seconds(secs);
         next = Some(next.map_or(d, |n: Duration| n.min(d)));
     };
     let timeout = i64::try_from(response_timeout.as_secs()).unwrap_or(i64::MAX);
