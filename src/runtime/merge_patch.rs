@@ -23,6 +23,24 @@ pub fn apply(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The merge-patch object turning map `old` into `new`: changed and added keys set, removed ones
+/// null (empty when they are equal).
+pub fn diff_maps<V: serde::Serialize + PartialEq>(
+    old: &std::collections::BTreeMap<String, V>,
+    new: &std::collections::BTreeMap<String, V>,
+) -> Map<String, Value> {
+    let mut diff = Map::new();
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            diff.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
+        }
+    }
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        diff.insert(k.clone(), Value::Null);
+    }
+    diff
+}
+
 /// One merge patch with the effect of `first` then `second`, or `None` when no single merge patch
 /// has it: `first` deletes a key (null) that `second` sets to an object, which as one patch would
 /// merge into the old value instead of replacing it. Then the two must be sent separately.
@@ -97,6 +115,18 @@ mod tests {
         // As one patch, {"a": {"b": 1}} would keep a's other fields; in order they are gone.
         assert_eq!(compose(&json!({"a": null}), &json!({"a": {"b": 1}})), None);
         assert_eq!(compose(&json!({"x": {"a": null}}), &json!({"x": {"a": {"b": 1}}})), None);
+    }
+
+    #[test]
+    fn a_map_diff_turns_the_old_map_into_the_new() {
+        let old: std::collections::BTreeMap<String, i32> = [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)].into();
+        let new: std::collections::BTreeMap<String, i32> = [("a".into(), 1), ("b".into(), 5), ("d".into(), 4)].into();
+        let diff = Value::Object(diff_maps(&old, &new));
+        assert_eq!(diff, json!({"b": 5, "c": null, "d": 4}));
+        let mut doc = serde_json::to_value(&old).unwrap();
+        apply(&mut doc, &diff);
+        assert_eq!(doc, serde_json::to_value(&new).unwrap());
+        assert!(diff_maps(&new, &new).is_empty());
     }
 
     #[test]

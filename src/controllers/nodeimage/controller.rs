@@ -3,7 +3,7 @@
 //! the shared nodes watch, NodeImages from the unsharded [`NodeImageIndex`] and job UIDs from
 //! [`JobUids`], and writes through the ApiWriter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Client;
 use kube::api::ApiResource;
 use rand::Rng;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tracing::info;
 
 use super::{JobLookup, Lifecycle, lifecycle, spec_pass, status_pass};
@@ -22,6 +22,7 @@ use crate::controllers::imagepulljob::controller::{NodeImageIndex, UNTIL_LISTED}
 use crate::controllers::pods::typed;
 use crate::runtime::api_writer::{WriteError, WriteOp, WriteTarget, write};
 use crate::runtime::events::{self, Reporter};
+use crate::runtime::merge_patch::diff_maps;
 use crate::runtime::namespace_actor::{Action, ReconcileError, Reconciler};
 use crate::runtime::object_store::ObjectStore;
 use crate::runtime::ownership::ShardOwnership;
@@ -125,23 +126,6 @@ fn target(name: &str, status: bool) -> WriteTarget {
     WriteTarget { resource: ApiResource::erase::<NodeImage>(&()), namespace: None, name: name.to_string(), status }
 }
 
-/// A merge patch turning map `old` into `new`: changed keys set, removed ones null.
-fn map_patch<V: serde::Serialize + PartialEq>(
-    old: &BTreeMap<String, V>,
-    new: &BTreeMap<String, V>,
-) -> Map<String, Value> {
-    let mut m = Map::new();
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            m.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
-        }
-    }
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        m.insert(k.clone(), Value::Null);
-    }
-    m
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn reconcile_node(
     name: &str,
@@ -197,8 +181,8 @@ async fn reconcile_node(
     let new_images = pass.spec.images.clone().unwrap_or_default();
     if pass.labels != old_labels || new_images != old_images {
         let patch = json!({
-            "metadata": { "resourceVersion": version, "labels": map_patch(&old_labels, &pass.labels) },
-            "spec": { "images": map_patch(&old_images, &new_images) }
+            "metadata": { "resourceVersion": version, "labels": diff_maps(&old_labels, &pass.labels) },
+            "spec": { "images": diff_maps(&old_images, &new_images) }
         });
         return match write(target(name, false), WriteOp::MergePatch(patch)).await {
             // The watch brings the new version, and with it the status pass.
@@ -215,7 +199,7 @@ async fn reconcile_node(
         if let Value::Object(m) = &mut s {
             let old_images = old.image_statuses.clone().unwrap_or_default();
             let new_images = status.image_statuses.clone().unwrap_or_default();
-            m.insert("imageStatuses".into(), Value::Object(map_patch(&old_images, &new_images)));
+            m.insert("imageStatuses".into(), Value::Object(diff_maps(&old_images, &new_images)));
         }
         let patch = json!({ "metadata": { "resourceVersion": version }, "status": s });
         match write(target(name, true), WriteOp::MergePatch(patch)).await {

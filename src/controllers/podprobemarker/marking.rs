@@ -177,17 +177,9 @@ pub fn mark_patch<'a>(
     Some(Value::Object(patch))
 }
 
-/// The merge-patch object turning `old` into `new` (null deletes), or None if they are equal.
+/// The merge-patch object turning `old` into `new`, or None if they are equal.
 fn map_diff(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Option<Value> {
-    let mut diff = Map::new();
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            diff.insert(k.clone(), json!(v));
-        }
-    }
-    for k in old.keys().filter(|k| !new.contains_key(*k)) {
-        diff.insert(k.clone(), Value::Null);
-    }
+    let diff = crate::runtime::merge_patch::diff_maps(old, new);
     (!diff.is_empty()).then_some(Value::Object(diff))
 }
 
