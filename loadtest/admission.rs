@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::json;
 
@@ -104,10 +104,6 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
     println!("# kruise-loadtest admission: {} pods per configuration at {}/s", args.pods, args.rate);
     println!("machine: {}; manager: {}", machine(), manager.display());
     let (cp, client) = crate::webhook_control_plane("admission", 0, Duration::from_secs(120)).await?;
-    let ns = |name: &str| Namespace {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        ..Default::default()
-    };
 
     let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
     let flags = crate::manager_flags(&cp, "admission-bench", &metrics_addr);
@@ -144,10 +140,7 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
             sets.create(&PostParams::default(), &set).await?;
         }
         let namespace = format!("bench-{round}");
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns(&namespace)).await?;
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-        wait_for("the default ServiceAccount", WAIT, async || sas.get_opt("default").await.ok().flatten().is_some())
-            .await?;
+        crate::create_namespaces(&client, std::slice::from_ref(&namespace), WAIT).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         // The webhook reads SidecarSets from a watch: wait until a probe pod gets all n sidecars.
         let mut probe = 0;
