@@ -324,9 +324,19 @@ async fn metrics_expose_every_name_in_the_design() {
         by.and_then(|a| a.get("kruise.io/demo-reconciled-by").cloned()).as_deref() == Some(m.identity.as_str())
     })
     .await;
-    let body = crate::support::cluster::process::http_get(&m.metrics_addr, "/metrics").await.expect("/metrics");
-    let missing: Vec<&&str> = DESIGN_METRIC_NAMES.iter().filter(|n| !body.contains(&format!("# TYPE {n} "))).collect();
-    assert!(missing.is_empty(), "/metrics lacks {missing:?}");
+    // The stamp is visible before the writer has read the API server's answer and counted the
+    // request, so the request counter's first series can lag the stamp by a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = crate::support::cluster::process::http_get(&m.metrics_addr, "/metrics").await.expect("/metrics");
+        let missing: Vec<&str> =
+            DESIGN_METRIC_NAMES.iter().copied().filter(|n| !body.contains(&format!("# TYPE {n} "))).collect();
+        if missing.is_empty() {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/metrics lacks {missing:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(
         body.contains("controller_runtime_reconcile_errors_total{controller=\"demo-controller\"} 0"),
         "series start at zero"
