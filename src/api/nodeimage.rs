@@ -110,6 +110,24 @@ impl NodeImageSpec {
 }
 
 impl NodeImageStatus {
+    /// The merge patch of the status subresource turning `old` into `self`: counts set, images
+    /// changed, added or removed (each image's `tags` is replaced whole).
+    pub fn merge_patch_from(&self, old: Option<&NodeImageStatus>) -> serde_json::Value {
+        let mut patch = serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({}));
+        if let serde_json::Value::Object(m) = &mut patch {
+            let old_images = old.and_then(|o| o.image_statuses.clone()).unwrap_or_default();
+            let images = match &self.image_statuses {
+                // None, not an emptied map, so the stored status reads back as this one.
+                None => serde_json::Value::Null,
+                Some(new_images) => {
+                    serde_json::Value::Object(crate::runtime::merge_patch::diff_maps(&old_images, new_images))
+                }
+            };
+            m.insert("imageStatuses".into(), images);
+        }
+        patch
+    }
+
     /// The status of `image`'s tag `tag`, whatever version it is for.
     pub fn tag(&self, image: &str, tag: &str) -> Option<&ImageTagStatus> {
         self.image_statuses.as_ref()?.get(image)?.tags.iter().find(|t| t.tag == tag)
@@ -172,4 +190,28 @@ pub struct SyncStatus {
 pub enum SyncStatusPhase {
     Succeeded,
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_status_patch_applied_to_the_old_status_gives_the_new_one() {
+        let status = |v: serde_json::Value| -> NodeImageStatus { serde_json::from_value(v).unwrap() };
+        let tag = |t: &str, phase: &str| json!({ "tag": t, "phase": phase, "version": 0 });
+        let old = status(json!({ "desired": 2, "succeeded": 1, "pulling": 1, "imageStatuses": {
+            "nginx": { "tags": [tag("1", "Succeeded")] }, "redis": { "tags": [tag("7", "Pulling")] } } }));
+        let new = status(json!({ "desired": 2, "succeeded": 2, "imageStatuses": {
+            "nginx": { "tags": [tag("1", "Succeeded"), tag("2", "Succeeded")] } } }));
+        for (from, to) in [(&old, &new), (&new, &old), (&old, &NodeImageStatus::default())] {
+            let mut stored = serde_json::to_value(from).unwrap();
+            crate::runtime::merge_patch::apply(&mut stored, &to.merge_patch_from(Some(from)));
+            assert_eq!(&serde_json::from_value::<NodeImageStatus>(stored).unwrap(), to);
+        }
+        let patch = new.merge_patch_from(Some(&old));
+        assert_eq!(patch["imageStatuses"]["redis"], serde_json::Value::Null, "a removed image is deleted");
+        assert!(patch["imageStatuses"].get("nginx").is_some());
+    }
 }

@@ -11,18 +11,24 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 
 use kruise::api::nodepodprobe::NodePodProbe;
 use prometheus::IntGauge;
 
+use kruise::api::nodeimage::NodeImage;
 use kruise::daemon::cri::CriRuntime;
-use kruise::daemon::podprobe::agent::{AgentContext, ProbeMetrics, ProbeSupervisor, SupervisorMsg};
-use kruise::daemon::runtime::ContainerRuntime;
-use kruise::daemon::simulated::SimulatedRuntime;
+use kruise::daemon::imagepull::puller::PullMetrics;
+use kruise::daemon::imagepull::supervisor::{
+    ImagePullers, ImageRuntimeFor, PullContext, PullSupervisor, PullSupervisorArgs,
+};
+use kruise::daemon::node_agents::{AgentArgsFor, follow_node_objects};
+use kruise::daemon::podprobe::agent::{AgentArgs, AgentContext, NodeAgent, ProbeMetrics, ProbeSupervisor};
+use kruise::daemon::runtime::{ContainerRuntime, ImageRuntime};
+use kruise::daemon::simulated::{SimulatedImages, SimulatedRuntime};
 use kruise::features::{self, FeatureGates};
 use kruise::runtime::api_writer::{ApiWriter, WriterArgs, WriterMetrics};
 use kruise::runtime::client::{self, ClientMetrics};
@@ -30,7 +36,6 @@ use kruise::runtime::flag_values::{parse_duration, parse_listen_addr};
 use kruise::runtime::http::{self, Readiness};
 use kruise::runtime::metrics::MetricsRegistry;
 use kruise::runtime::supervisor::API_WRITER;
-use kruise::runtime::watch_changes::{Change, follow};
 
 #[derive(Parser, Debug)]
 #[command(name = "kruise-daemon", version, about = "kruise-rs node daemon")]
@@ -63,6 +68,16 @@ struct Flags {
     /// How often at most a node's NodePodProbe status is written (results in between are batched).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     probe_status_flush_interval: Duration,
+    /// How long a change of a node's pulls waits for more before its NodeImage status is written.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    image_status_flush_interval: Duration,
+    /// Images pulled at once per node (the rest report Waiting); 0 or less: no limit. Upstream's
+    /// default is no limit; pulling many images at once only splits the node's bandwidth.
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true)]
+    max_workers_for_pull_image: i64,
+    /// How long a simulated pull takes (a node's `images.sim.kruise.io/script` may say otherwise).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    simulated_pull_time: Duration,
     /// API writes per second this process may make.
     #[arg(long, default_value_t = 50.0)]
     kube_api_qps: f64,
@@ -109,47 +124,8 @@ async fn main() -> anyhow::Result<()> {
         "kruise-daemon serving"
     );
 
-    let gates = [features::KRUISE_DAEMON, features::POD_PROBE_MARKER_GATE];
-    if gates.iter().all(|g| flags.feature_gates.enabled(g)) {
-        kruise::runtime::api_writer::check_rate_limit(flags.kube_api_qps, flags.kube_api_burst)?;
-        let writer = WriterArgs {
-            client: client.clone(),
-            qps: flags.kube_api_qps,
-            burst: flags.kube_api_burst,
-            max_in_flight: 32,
-            metrics: WriterMetrics::register(&registry)?,
-        };
-        Actor::spawn(Some(API_WRITER.into()), ApiWriter, writer).await.context("starting the API writer")?;
-        let runtime: Arc<dyn ContainerRuntime> = if flags.simulated {
-            Arc::new(SimulatedRuntime::watch(&client, None))
-        } else {
-            let (socket, cri) = CriRuntime::discover(&flags.host_var_run, flags.socket_file.as_deref())
-                .await
-                .context("connecting to the node's container runtime")?;
-            tracing::info!(socket = %socket.display(), "probing through CRI");
-            Arc::new(cri)
-        };
-        let ctx = AgentContext {
-            runtime,
-            metrics: ProbeMetrics::register(&registry)?,
-            flush_interval: flags.probe_status_flush_interval,
-            started: Instant::now(),
-        };
-        let (probes, _) = Actor::spawn(Some("probe-supervisor".into()), ProbeSupervisor, ctx)
-            .await
-            .context("starting the probe supervisor")?;
-        let served = {
-            let store = store.clone();
-            let own = flags.node_name.clone().filter(|_| !flags.simulated);
-            move |node: &str| match &own {
-                Some(n) => n == node,
-                None => store.get(&ObjectRef::new(node)).is_some(),
-            }
-        };
-        let field_selector =
-            flags.node_name.as_ref().filter(|_| !flags.simulated).map(|n| format!("metadata.name={n}"));
-        tokio::spawn(follow_node_pod_probes(client.clone(), field_selector, probes, served));
-        tracing::info!("probing for PodProbeMarkers");
+    if flags.feature_gates.enabled(features::KRUISE_DAEMON) {
+        start_agents(&flags, &client, &registry, store.clone()).await?;
     }
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -165,31 +141,85 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands every change of a served node's NodePodProbe to the probe supervisor. After a re-list,
-/// NodePodProbes that were not listed count as deleted.
-async fn follow_node_pod_probes(
-    client: Client,
-    field_selector: Option<String>,
-    probes: ActorRef<SupervisorMsg>,
-    served: impl Fn(&str) -> bool,
-) {
-    let mut config = watcher::Config::default();
-    if let Some(f) = &field_selector {
-        config = config.fields(f);
-    }
-    let stream = watcher(Api::<NodePodProbe>::all(client), config);
-    let name = |o: &NodePodProbe| o.metadata.name.clone().unwrap_or_default();
-    follow(stream, "NodePodProbe", name, |changes, _| {
-        for change in changes {
-            let (node, object) = match change {
-                Change::Put(o) => (o.metadata.name.clone().unwrap_or_default(), Some(Box::new(o))),
-                Change::Gone(node) => (node, None),
-            };
-            if served(&node) {
-                let _ = probes.send_message(SupervisorMsg::Probes { node, object });
-            }
+/// The node agents: probes (PodProbeMarkerGate) and image pulls, each fed its node objects,
+/// writing through one ApiWriter.
+async fn start_agents(
+    flags: &Flags,
+    client: &kube::Client,
+    registry: &MetricsRegistry,
+    nodes: reflector::Store<Node>,
+) -> anyhow::Result<()> {
+    kruise::runtime::api_writer::check_rate_limit(flags.kube_api_qps, flags.kube_api_burst)?;
+    let writer = WriterArgs {
+        client: client.clone(),
+        qps: flags.kube_api_qps,
+        burst: flags.kube_api_burst,
+        max_in_flight: 32,
+        metrics: WriterMetrics::register(registry)?,
+    };
+    Actor::spawn(Some(API_WRITER.into()), ApiWriter, writer).await.context("starting the API writer")?;
+    let cri = if flags.simulated {
+        None
+    } else {
+        let (socket, cri) = CriRuntime::discover(&flags.host_var_run, flags.socket_file.as_deref())
+            .await
+            .context("connecting to the node's container runtime")?;
+        tracing::info!(socket = %socket.display(), "using the node's container runtime");
+        Some(Arc::new(cri))
+    };
+    let served = {
+        let store = nodes.clone();
+        let own = flags.node_name.clone().filter(|_| !flags.simulated);
+        move |node: &str| match &own {
+            Some(n) => n == node,
+            None => store.get(&ObjectRef::new(node)).is_some(),
         }
-        true
-    })
-    .await;
+    };
+    let field_selector = flags.node_name.as_ref().filter(|_| !flags.simulated).map(|n| format!("metadata.name={n}"));
+
+    if flags.feature_gates.enabled(features::POD_PROBE_MARKER_GATE) {
+        let runtime: Arc<dyn ContainerRuntime> = match &cri {
+            Some(cri) => cri.clone(),
+            None => Arc::new(SimulatedRuntime::watch(client, None)),
+        };
+        let ctx = AgentContext {
+            runtime,
+            metrics: ProbeMetrics::register(registry)?,
+            flush_interval: flags.probe_status_flush_interval,
+            started: Instant::now(),
+        };
+        let args: AgentArgsFor<NodeAgent> =
+            Arc::new(move |node| AgentArgs { node: node.to_string(), ctx: ctx.clone() });
+        let (probes, _) =
+            Actor::spawn(Some("probe-supervisor".into()), ProbeSupervisor::new(NodeAgent, "probes"), args)
+                .await
+                .context("starting the probe supervisor")?;
+        let served = served.clone();
+        tokio::spawn(follow_node_objects::<NodePodProbe>(client.clone(), field_selector.clone(), probes, served));
+        tracing::info!("probing for PodProbeMarkers");
+    }
+
+    let runtime_for: ImageRuntimeFor = match cri {
+        Some(cri) => Arc::new(move |_: &str| -> Arc<dyn ImageRuntime> { cri.clone() }),
+        None => {
+            let images = SimulatedImages::new(nodes, flags.simulated_pull_time);
+            Arc::new(move |node: &str| -> Arc<dyn ImageRuntime> { Arc::new(images.node(node)) })
+        }
+    };
+    let ctx = PullContext {
+        runtime_for,
+        secrets: Some(client.clone()),
+        metrics: PullMetrics::register(registry)?,
+        flush_interval: flags.image_status_flush_interval,
+        max_workers: usize::try_from(flags.max_workers_for_pull_image).unwrap_or(0),
+    };
+    let args: AgentArgsFor<PullSupervisor> =
+        Arc::new(move |node| PullSupervisorArgs { node: node.to_string(), ctx: ctx.clone() });
+    let (pullers, _) =
+        Actor::spawn(Some("image-pullers".into()), ImagePullers::new(PullSupervisor, "image pulls"), args)
+            .await
+            .context("starting the image pullers")?;
+    tokio::spawn(follow_node_objects::<NodeImage>(client.clone(), field_selector, pullers, served));
+    tracing::info!("pulling images for NodeImages");
+    Ok(())
 }

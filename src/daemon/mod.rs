@@ -2,6 +2,7 @@
 
 pub mod cri;
 pub mod imagepull;
+pub mod node_agents;
 pub mod podprobe;
 pub mod runtime;
 pub mod simulated;

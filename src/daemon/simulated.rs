@@ -6,6 +6,12 @@
 //! The annotation holds JSON `{"exitCode": 0, "stdout": "", "stderr": "", "latencyMs": 0}` (all
 //! optional); without it every exec succeeds at once with empty output. An exec slower than its
 //! timeout times out.
+//!
+//! Images ([`SimulatedImages`]): each node starts with the images its annotation
+//! `images.sim.kruise.io/script` names as present and keeps what it pulls. A pull takes the
+//! process's pull time unless the annotation says otherwise, and fails as often as it says:
+//! `{"latencyMs": 1000, "present": ["busybox:1.36"], "failures": {"nginx:1.25": 2, "*": 0}}`
+//! (`failures`: attempts of a reference that fail before one succeeds; `*` for any reference).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use serde::Deserialize;
 
-use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutcome, RuntimeError};
+use super::runtime::{ContainerInfo, ContainerRuntime, ExecOutcome, ImageRuntime, RegistryAuth, RuntimeError};
 use crate::runtime::watch_changes::{Change, follow};
 
 /// The annotation prefix scripting a container's exec outcome.
@@ -152,6 +158,94 @@ impl ContainerRuntime for SimulatedRuntime {
     }
 }
 
+/// The node annotation scripting its images.
+pub const IMAGES_ANNOTATION: &str = "images.sim.kruise.io/script";
+
+/// A node's scripted images.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ImagesScript {
+    pub latency_ms: Option<u64>,
+    pub present: Vec<String>,
+    pub failures: HashMap<String, u32>,
+}
+
+/// What the simulated nodes hold and how often each was asked to pull what.
+#[derive(Default)]
+struct PulledImages {
+    /// By node: the references pulled so far.
+    pulled: HashMap<String, std::collections::HashSet<String>>,
+    /// By (node, reference): the pull attempts so far.
+    attempts: HashMap<(String, String), u32>,
+}
+
+/// Images of simulated nodes, scripted by node annotation; [`SimulatedImages::node`] is one
+/// node's image service.
+#[derive(Clone)]
+pub struct SimulatedImages {
+    nodes: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
+    pull_time: Duration,
+    state: Arc<std::sync::Mutex<PulledImages>>,
+}
+
+impl SimulatedImages {
+    /// Serves the nodes of `nodes`; a pull takes `pull_time` unless a node's script says otherwise.
+    pub fn new(nodes: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>, pull_time: Duration) -> Self {
+        SimulatedImages { nodes, pull_time, state: Default::default() }
+    }
+
+    pub fn node(&self, node: &str) -> SimulatedNodeImages {
+        SimulatedNodeImages { images: self.clone(), node: node.to_string() }
+    }
+
+    fn script(&self, node: &str) -> ImagesScript {
+        let n = self.nodes.get(&kube::runtime::reflector::ObjectRef::new(node));
+        let raw = n.as_ref().and_then(|n| n.metadata.annotations.as_ref()?.get(IMAGES_ANNOTATION).cloned());
+        raw.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default()
+    }
+}
+
+/// One simulated node's image service.
+pub struct SimulatedNodeImages {
+    images: SimulatedImages,
+    node: String,
+}
+
+impl ImageRuntime for SimulatedNodeImages {
+    fn image_id(&self, reference: &str) -> BoxFuture<'_, Result<Option<String>, RuntimeError>> {
+        let present = self.images.script(&self.node).present.iter().any(|p| p == reference)
+            || self.images.state.lock().is_ok_and(|s| s.pulled.get(&self.node).is_some_and(|p| p.contains(reference)));
+        let id = present.then(|| simulated_image_id(reference));
+        Box::pin(async move { Ok(id) })
+    }
+
+    fn pull_image(&self, reference: &str, _auth: Option<&RegistryAuth>) -> BoxFuture<'_, Result<String, RuntimeError>> {
+        let script = self.images.script(&self.node);
+        let latency = script.latency_ms.map_or(self.images.pull_time, Duration::from_millis);
+        let fail_first = script.failures.get(reference).or_else(|| script.failures.get("*")).copied().unwrap_or(0);
+        let reference = reference.to_string();
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            let mut s = self.images.state.lock().map_err(|_| RuntimeError("simulated images poisoned".into()))?;
+            let attempt = s.attempts.entry((self.node.clone(), reference.clone())).or_default();
+            *attempt += 1;
+            if *attempt <= fail_first {
+                return Err(RuntimeError(format!("simulated pull of {reference} failed (attempt {attempt})")));
+            }
+            s.pulled.entry(self.node.clone()).or_default().insert(reference.clone());
+            Ok(simulated_image_id(&reference))
+        })
+    }
+}
+
+/// A stable fake digest for a reference.
+fn simulated_image_id(reference: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    reference.hash(&mut h);
+    format!("sha256:{:064x}", h.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +291,34 @@ mod tests {
         let rt = SimulatedRuntime::with(&[pod(json!({"exec.sim.kruise.io/main": script}), 0, true)]);
         let c = rt.container("u1", "main").await.unwrap().unwrap();
         assert_eq!(rt.exec_sync(&c.id, &[], Duration::from_secs(1)).await.unwrap(), ExecOutcome::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn images_are_scripted_by_node_annotation() {
+        use kube::runtime::reflector;
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = reflector::store::<k8s_openapi::api::core::v1::Node>();
+        let script = json!({"latencyMs": 3000, "present": ["busybox:1"], "failures": {"nginx:1": 2}}).to_string();
+        let node: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(json!({"metadata": {"name": "n1", "annotations": {IMAGES_ANNOTATION: script}}}))
+                .unwrap();
+        writer.apply_watcher_event(&Event::Apply(node));
+        let images = SimulatedImages::new(store, Duration::from_secs(1));
+        let n1 = images.node("n1");
+        assert!(n1.image_id("busybox:1").await.unwrap().is_some(), "present from the start");
+        assert_eq!(n1.image_id("nginx:1").await.unwrap(), None);
+        let start = tokio::time::Instant::now();
+        let e = n1.pull_image("nginx:1", None).await.unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_secs(3), "the script's latency");
+        assert!(e.0.ends_with("(attempt 1)"), "{e}");
+        assert!(n1.pull_image("nginx:1", None).await.is_err());
+        let id = n1.pull_image("nginx:1", None).await.expect("the third attempt succeeds");
+        assert_eq!(n1.image_id("nginx:1").await.unwrap(), Some(id), "pulled images stay");
+
+        let other = images.node("n2");
+        let start = tokio::time::Instant::now();
+        other.pull_image("nginx:1", None).await.expect("no script: every pull succeeds");
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "the process's pull time");
+        assert_eq!(other.image_id("busybox:1").await.unwrap(), None, "nodes hold their own images");
     }
 }

@@ -1,81 +1,66 @@
 //! Image pre-download through the real API server: kruise-manager keeps a NodeImage per kwok
-//! node and hands an ImagePullJob's image to its targets a few at a time. The test plays the
-//! nodes' daemons: it answers each requested tag in the NodeImage status (Pulling, then a result
-//! a moment later), so what is checked here is the manager's side of the protocol.
+//! node and hands an ImagePullJob's image to its targets a few at a time; kruise-daemon in
+//! simulated mode pulls on every kwok node (pulls take `--simulated-pull-time`; a node's
+//! `images.sim.kruise.io/script` annotation makes them fail or finds images already present).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 
 use kruise::api::imagepulljob::ImagePullJob;
 use kruise::api::nodeimage::{ImagePullPhase, NodeImage};
-use kruise::daemon::imagepull::plan::{node_status, owed_pulls};
+use kruise::daemon::simulated::IMAGES_ANNOTATION;
 
 use crate::rollout::namespace;
 use crate::support::cluster::control_plane::node_name;
-use crate::support::{LogsOnFailure, eventually};
+use crate::support::{DaemonProcess, LogsOnFailure, eventually};
 use crate::webhooks::{create, kruise_cluster};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// What the stand-in daemons saw: the most tags pulling at once on all nodes together.
-#[derive(Default)]
-struct Observed {
-    max_pulling: usize,
+/// The most NodeImages seen at once with an unfinished pull of `image:tag`, over every version
+/// the watch delivers (each event is one point in the API server's order).
+fn most_nodes_pulling(
+    client: Client,
+    image: &'static str,
+    tag: &'static str,
+) -> (Arc<Mutex<usize>>, tokio::task::JoinHandle<()>) {
+    let most = Arc::new(Mutex::new(0));
+    let seen = most.clone();
+    let task = tokio::spawn(async move {
+        let mut unfinished: BTreeMap<String, bool> = BTreeMap::new();
+        let mut stream = std::pin::pin!(watcher(Api::<NodeImage>::all(client), Default::default()).applied_objects());
+        while let Some(Ok(ni)) = stream.next().await {
+            let pulling = ni.spec.tag(image, tag).is_some_and(|t| {
+                ni.status
+                    .as_ref()
+                    .and_then(|s| s.tag_at(image, tag, t.version))
+                    .is_none_or(|s| s.completion_time.is_none())
+            });
+            unfinished.insert(ni.metadata.name.clone().unwrap_or_default(), pulling);
+            let now = unfinished.values().filter(|p| **p).count();
+            if let Ok(mut m) = seen.lock() {
+                *m = (*m).max(now);
+            }
+        }
+    });
+    (most, task)
 }
 
-/// Stands in for the nodes' daemons: each owed tag goes Pulling, and `pull_for` later ends as
-/// `outcome(node)` (Succeeded or Failed; None: the node has no daemon and never answers).
-fn stand_in_daemons(
-    client: Client,
-    pull_for: Duration,
-    outcome: impl Fn(&str) -> Option<ImagePullPhase> + Send + 'static,
-    observed: Arc<Mutex<Observed>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let api: Api<NodeImage> = Api::all(client);
-        let mut started: BTreeMap<(String, String, String, i64), Timestamp> = BTreeMap::new();
-        loop {
-            let Ok(list) = api.list(&Default::default()).await else { continue };
-            let mut pulling_now = 0;
-            for ni in &list.items {
-                let node = ni.metadata.name.clone().unwrap_or_default();
-                // None: this node has no daemon.
-                let Some(result) = outcome(&node) else { continue };
-                let owed = owed_pulls(&ni.spec, ni.status.as_ref());
-                pulling_now += owed.len();
-                if owed.is_empty() {
-                    continue;
-                }
-                let mut live = BTreeMap::new();
-                for p in &owed {
-                    let key = (node.clone(), p.image.clone(), p.tag.clone(), p.version);
-                    let since = *started.entry(key).or_insert_with(Timestamp::now);
-                    let done = Timestamp::now().duration_since(since) >= pull_for.try_into().unwrap_or_default();
-                    let phase = if done { result } else { ImagePullPhase::Pulling };
-                    let status = json!({
-                        "tag": p.tag, "phase": phase, "version": p.version, "startTime": Time(since),
-                        "completionTime": done.then(|| Time(Timestamp::now())),
-                        "message": (phase == ImagePullPhase::Failed).then_some("pull failed"),
-                    });
-                    live.insert((p.image.clone(), p.tag.clone()), serde_json::from_value(status).expect("tag status"));
-                }
-                let status = node_status(&ni.spec, ni.status.as_ref(), &live);
-                let patch = json!({ "status": status });
-                let _ = api.patch_status(&node, &PatchParams::default(), &Patch::Merge(&patch)).await;
-            }
-            if let Ok(mut o) = observed.lock() {
-                o.max_pulling = o.max_pulling.max(pulling_now);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+/// Scripts a node's simulated images (see `kruise::daemon::simulated`).
+async fn script_images(client: &Client, node: &str, script: serde_json::Value) {
+    let patch = json!({ "metadata": { "annotations": { IMAGES_ANNOTATION: script.to_string() } } });
+    Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("annotate the node");
 }
 
 async fn job_status(client: &Client, ns: &str, name: &str) -> Option<kruise::api::imagepulljob::ImagePullJobStatus> {
@@ -99,13 +84,12 @@ async fn a_job_pulls_onto_fifty_nodes_five_at_a_time() {
     })
     .await;
 
-    let observed = Arc::new(Mutex::new(Observed::default()));
-    let daemons = stand_in_daemons(
-        client.clone(),
-        Duration::from_millis(500),
-        |_| Some(ImagePullPhase::Succeeded),
-        observed.clone(),
+    let daemon = DaemonProcess::start(
+        &cp,
+        "images-fifty-daemon",
+        &["--simulated-pull-time=500ms", "--image-status-flush-interval=100ms"],
     );
+    let (most, watching) = most_nodes_pulling(client.clone(), "nginx", "1.25");
     let ns = "images";
     namespace(&client, ns).await;
     let job = json!({
@@ -123,9 +107,21 @@ async fn a_job_pulls_onto_fifty_nodes_five_at_a_time() {
     assert_eq!((s.desired, s.active, s.succeeded, s.failed), (50, 0, 50, 0), "{s:?}");
     assert_eq!(s.message.as_deref(), Some("job has completed"));
     assert!(s.start_time.is_some());
-    let max = observed.lock().map(|o| o.max_pulling).unwrap_or(usize::MAX);
+    watching.abort();
+    let max = most.lock().map(|m| *m).unwrap_or(usize::MAX);
     eprintln!("at most {max} nodes pulling at once");
     assert!((2..=5).contains(&max), "at most 5 nodes pulled at once, and more than one did: {max}");
+    let pulled = daemon.metric("kruise_daemon_image_pulls_total", "result=\"succeeded\"").await;
+    assert_eq!(pulled, Some(50.0), "the daemon pulled once per node");
+
+    // Every node's status: Succeeded at the tag's version, with the image's ID.
+    for ni in &node_images.list(&Default::default()).await.expect("list").items {
+        let s = ni.status.as_ref().expect("status");
+        let tag = s.tag("nginx", "1.25").expect("the tag's status");
+        assert_eq!((tag.phase, tag.progress, s.desired, s.succeeded), (ImagePullPhase::Succeeded, Some(100), 1, 1));
+        assert!(tag.image_id.as_deref().is_some_and(|id| id.starts_with("nginx@sha256:")), "{tag:?}");
+        assert!(tag.start_time.is_some() && tag.completion_time.is_some());
+    }
 
     // Every node's tag: owned by the job, with its pull secret and a pull policy.
     let all = node_images.list(&Default::default()).await.expect("list").items;
@@ -147,7 +143,6 @@ async fn a_job_pulls_onto_fifty_nodes_five_at_a_time() {
             .is_ok_and(|l| l.items.iter().all(|n| n.spec.images.as_ref().is_none_or(|m| !m.contains_key("nginx"))))
     })
     .await;
-    daemons.abort();
 }
 
 /// Failures, a node that never answers (daemon down: the manager fails its tag after the response
@@ -161,14 +156,17 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
     let node_images: Api<NodeImage> = Api::all(client.clone());
     let count = || async { node_images.list(&Default::default()).await.map(|l| l.items.len()).unwrap_or(0) };
     eventually(WAIT, "a NodeImage per node", || async { count().await == 4 }).await;
-    // node 1's pulls fail; node 3 has no daemon.
+    // node 1's pulls always fail; node 3 has no daemon (the daemon serves every other node);
+    // node 0 already holds busybox:1.
     let (failing, silent) = (node_name(1), node_name(3));
-    let outcome = move |node: &str| match node {
-        n if n == silent => None,
-        n if n == failing => Some(ImagePullPhase::Failed),
-        _ => Some(ImagePullPhase::Succeeded),
-    };
-    let daemons = stand_in_daemons(client.clone(), Duration::from_millis(300), outcome, Default::default());
+    script_images(&client, &failing, json!({ "failures": { "*": 1000 } })).await;
+    script_images(&client, &node_name(0), json!({ "present": ["busybox:1"] })).await;
+    let selector = format!("--simulated-node-selector=type=kwok,kubernetes.io/hostname!={silent}");
+    let daemon = DaemonProcess::start(
+        &cp,
+        "images-fail-daemon",
+        &[&selector, "--simulated-pull-time=300ms", "--image-status-flush-interval=100ms"],
+    );
     let ns = "images";
     namespace(&client, ns).await;
     let job = |name: &str, image: &str, spec: serde_json::Value| {
@@ -202,9 +200,14 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
         .expect_err("denied");
     assert!(e.to_string().contains("spec.image"), "{e}");
 
-    // All four nodes: two succeed, node 1 fails, node 3 never answers and is failed by the manager.
-    let all =
-        job("all", "nginx:1.25", json!({ "completionPolicy": { "type": "Always", "ttlSecondsAfterFinished": 3 } }));
+    // All four nodes: two succeed; node 1 fails after backoffLimit + 1 = 3 attempts; node 3 never
+    // answers and is failed by the manager.
+    let all = job(
+        "all",
+        "nginx:1.25",
+        json!({ "completionPolicy": { "type": "Always", "ttlSecondsAfterFinished": 3 },
+                "pullPolicy": { "backoffLimit": 2, "timeoutSeconds": 30 } }),
+    );
     create(&client, "imagepulljobs", "ImagePullJob", Some(ns), all).await.expect("all");
     eventually(WAIT, "job all to complete", || async {
         job_status(&client, ns, "all").await.is_some_and(|s| s.completion_time.is_some())
@@ -219,15 +222,26 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
         (tag.phase, tag.message.as_deref()),
         (ImagePullPhase::Failed, Some("node has not responded for a long time"))
     );
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
-    eventually(WAIT, "a PullImageFailed Event on the job", || async {
-        events.list(&Default::default()).await.is_ok_and(|l| {
-            l.items.iter().any(|e| {
-                e.reason.as_deref() == Some("PullImageFailed")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.involved_object.name.as_deref() == Some("all")
-            })
-        })
+    let n1 = node_images.get(&failing).await.expect("node 1's NodeImage");
+    let tag = n1.status.as_ref().and_then(|s| s.tag("nginx", "1.25")).expect("node 1's tag status").clone();
+    assert_eq!(tag.phase, ImagePullPhase::Failed);
+    let message = tag.message.unwrap_or_default();
+    assert!(message.ends_with("(attempt 3)"), "the last of exactly 3 attempts: {message}");
+    let attempts = daemon.metric("kruise_daemon_image_pull_attempts_total", "result=\"failed\"").await;
+    assert_eq!(attempts, Some(3.0), "3 failed PullImage calls in all");
+    // PullImageFailed on the job: the daemon's for node 1, the manager's for node 3.
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    eventually(WAIT, "PullImageFailed Events on the job from the daemon and the manager", || async {
+        let Ok(l) = events.list(&Default::default()).await else { return false };
+        let on_job = |e: &&Event| {
+            e.reason.as_deref() == Some("PullImageFailed")
+                && e.type_.as_deref() == Some("Warning")
+                && e.involved_object.name.as_deref() == Some("all")
+        };
+        let from = |component: &str| {
+            l.items.iter().filter(on_job).any(|e| e.reporting_component.as_deref() == Some(component))
+        };
+        from("kruise-daemon-imagepuller") && l.items.iter().filter(on_job).count() >= 2
     })
     .await;
     // ttlSecondsAfterFinished: 3 s after completing, the job is gone.
@@ -258,6 +272,23 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
         job_status(&client, ns, "warm").await.is_some_and(|s| s.desired == 4 && s.succeeded == 2)
     })
     .await;
+    let present = daemon.metric("kruise_daemon_image_pull_attempts_total", "result=\"present\"").await;
+    assert_eq!(present, Some(1.0), "node 0 held busybox:1 already: no pull");
+
+    // A second job for the same image on node 2: a second owner, a new version, a new pull that
+    // finds the image present.
+    let again = job("warm-again", "busybox:1", json!({ "selector": { "names": [node_name(2)] } }));
+    create(&client, "imagepulljobs", "ImagePullJob", Some(ns), again).await.expect("warm-again");
+    eventually(WAIT, "job warm-again to succeed on node 2", || async {
+        job_status(&client, ns, "warm-again").await.is_some_and(|s| s.succeeded == 1 && s.completion_time.is_some())
+    })
+    .await;
+    let n2 = node_images.get(&node_name(2)).await.expect("node 2's NodeImage");
+    let spec_tag = n2.spec.tag("busybox", "1").expect("the tag");
+    assert_eq!(spec_tag.owner_references.as_ref().map(Vec::len), Some(2));
+    assert_eq!(spec_tag.version, Some(1));
+    let present = daemon.metric("kruise_daemon_image_pull_attempts_total", "result=\"present\"").await;
+    assert_eq!(present, Some(2.0), "the re-pull found the image present");
     cp.add_nodes(&client, 4..5).await.expect("a fifth node");
     eventually(WAIT, "job warm to reach the new node", || async {
         job_status(&client, ns, "warm")
@@ -275,5 +306,4 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
         matches!(node_images.get_opt(&node_name(4)).await, Ok(None))
     })
     .await;
-    daemons.abort();
 }

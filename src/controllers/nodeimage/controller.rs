@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::Client;
 use kube::api::ApiResource;
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::info;
 
 use super::{JobLookup, Lifecycle, lifecycle, spec_pass, status_pass};
@@ -194,14 +194,7 @@ async fn reconcile_node(
     // Status: tags the node never answered fail, so their jobs finish.
     let (status, failures, next) = status_pass(ni, response_timeout, now);
     if let Some(status) = status {
-        let old = ni.status.clone().unwrap_or_default();
-        let mut s = serde_json::to_value(&status).unwrap_or_else(|_| json!({}));
-        if let Value::Object(m) = &mut s {
-            let old_images = old.image_statuses.clone().unwrap_or_default();
-            let new_images = status.image_statuses.clone().unwrap_or_default();
-            m.insert("imageStatuses".into(), Value::Object(diff_maps(&old_images, &new_images)));
-        }
-        let patch = json!({ "metadata": { "resourceVersion": version }, "status": s });
+        let patch = json!({ "metadata": { "resourceVersion": version }, "status": status.merge_patch_from(ni.status.as_ref()) });
         match write(target(name, true), WriteOp::MergePatch(patch)).await {
             Ok(()) => {
                 let reporter = Reporter { component: EVENT_COMPONENT, instance: String::new() };

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::nodeimage::{
     ImagePullPhase, ImageStatus, ImageTagPullPolicy, ImageTagStatus, NodeImageSpec, NodeImageStatus, ReferenceObject,
 };
+use crate::runtime::work_queue::Backoff;
 
 /// Per-attempt pull timeout when the tag names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -25,8 +28,61 @@ pub struct PullTask {
     pub tag: String,
     pub version: i64,
     pub policy: AttemptPolicy,
-    /// The image's pull secrets, tried in order before the default account and anonymous.
+    /// The image's pull secrets, tried in order before anonymous.
     pub secrets: Vec<ReferenceObject>,
+    /// Who asked for the tag (they get the failure Event).
+    pub owners: Vec<ObjectReference>,
+}
+
+impl PullTask {
+    /// What the runtime is asked to pull: `name:tag`.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.image, self.tag)
+    }
+
+    /// The status of this pull, started at `start`, before it ends.
+    pub fn pulling(&self, start: Timestamp) -> ImageTagStatus {
+        ImageTagStatus {
+            tag: self.tag.clone(),
+            phase: ImagePullPhase::Pulling,
+            progress: Some(0),
+            start_time: Some(whole_seconds(start)),
+            completion_time: None,
+            version: Some(self.version),
+            image_id: None,
+            message: None,
+        }
+    }
+
+    /// The status of this pull waiting for a free worker.
+    pub fn waiting(&self) -> ImageTagStatus {
+        ImageTagStatus {
+            phase: ImagePullPhase::Waiting,
+            progress: None,
+            start_time: None,
+            ..self.pulling(Timestamp::UNIX_EPOCH)
+        }
+    }
+
+    /// The final status of this pull, started at `start`: the image's ID on success, the error on
+    /// failure.
+    pub fn finished(&self, start: Timestamp, end: Timestamp, outcome: Result<String, String>) -> ImageTagStatus {
+        let base = ImageTagStatus { completion_time: Some(whole_seconds(end)), ..self.pulling(start) };
+        match outcome {
+            Ok(id) => ImageTagStatus {
+                phase: ImagePullPhase::Succeeded,
+                progress: Some(100),
+                image_id: Some(format!("{}@{id}", self.image)),
+                ..base
+            },
+            Err(message) => ImageTagStatus { phase: ImagePullPhase::Failed, message: Some(message), ..base },
+        }
+    }
+}
+
+/// A time as the API server stores it (whole seconds), so a written status reads back equal.
+fn whole_seconds(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 /// How the attempts of one pull are bounded.
@@ -63,8 +119,7 @@ impl AttemptPolicy {
 
     /// The wait after failed attempt `n` (1-based).
     pub fn backoff(n: u32) -> Duration {
-        let doubled = FIRST_BACKOFF.checked_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX));
-        doubled.unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
+        Backoff { base: FIRST_BACKOFF, max: MAX_BACKOFF }.delay(n)
     }
 }
 
@@ -87,6 +142,7 @@ pub fn owed_pulls(spec: &NodeImageSpec, status: Option<&NodeImageStatus>) -> Vec
                 version,
                 policy: AttemptPolicy::of(tag.pull_policy.as_ref()),
                 secrets: s.pull_secrets.clone().unwrap_or_default(),
+                owners: tag.owner_references.clone().unwrap_or_default(),
             });
         }
     }
@@ -132,20 +188,20 @@ pub fn node_status(
     }
 }
 
-/// Whether to write `next`: it differs from what was last written, or that write is older than
-/// 12 h plus `jitter` (a refresh, spread so nodes do not all refresh at once).
-pub fn worth_writing(
-    last: Option<(&NodeImageStatus, Timestamp)>,
+/// Whether a node owes a status write: `next` differs from the `stored` status (the object's, as
+/// last seen), or, as a refresh, its last write is older than 12 h plus `jitter` (spread so nodes
+/// do not all refresh at once).
+pub fn owes_write(
+    stored: Option<&NodeImageStatus>,
     next: &NodeImageStatus,
+    last_write: Option<Timestamp>,
     now: Timestamp,
     jitter: Duration,
 ) -> bool {
     const REFRESH: Duration = Duration::from_secs(12 * 3600);
-    match last {
-        None => true,
-        Some((written, _)) if written != next => true,
-        Some((_, at)) => Duration::try_from(now.duration_since(at)).unwrap_or_default() >= REFRESH + jitter,
-    }
+    stored != Some(next)
+        || last_write
+            .is_some_and(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default() >= REFRESH + jitter)
 }
 
 #[cfg(test)]
@@ -233,12 +289,21 @@ mod tests {
         let tags: Vec<&str> = images["nginx"].tags.iter().map(|t| t.tag.as_str()).collect();
         assert_eq!(tags, ["1.24", "1.25"], "1.26's result is for another version");
 
-        assert!(worth_writing(None, &s, t(0), Duration::ZERO));
-        assert!(!worth_writing(Some((&s, t(0))), &s, t(3600), Duration::ZERO));
-        assert!(worth_writing(Some((&s, t(0))), &s, t(12 * 3600), Duration::ZERO), "refreshed after 12 h");
-        assert!(!worth_writing(Some((&s, t(0))), &s, t(12 * 3600), Duration::from_secs(60)));
+        // What the daemon writes reads back equal (the API server keeps whole seconds).
+        let task = &owed_pulls(&spec(), None)[0];
+        let start = Timestamp::from_millisecond(1_800_000_000_123).unwrap();
+        for st in [task.pulling(start), task.finished(start, t(5), Ok("sha256:1".into())), task.waiting()] {
+            let back: ImageTagStatus = serde_json::from_value(serde_json::to_value(&st).unwrap()).unwrap();
+            assert_eq!(back, st);
+        }
         let empty = node_status(&NodeImageSpec::default(), None, &BTreeMap::new());
-        assert!(worth_writing(Some((&empty, t(0))), &s, t(1), Duration::ZERO), "a change");
         assert_eq!(empty.image_statuses, None);
+        let z = Duration::ZERO;
+        assert!(owes_write(None, &s, None, t(0), z), "nothing stored yet");
+        assert!(owes_write(Some(&empty), &s, Some(t(0)), t(1), z), "a change");
+        assert!(!owes_write(Some(&s), &s, Some(t(0)), t(3600), z));
+        assert!(!owes_write(Some(&s), &s, None, t(3600), z), "stored by another writer, nothing to add");
+        assert!(owes_write(Some(&s), &s, Some(t(0)), t(12 * 3600), z), "refreshed after 12 h");
+        assert!(!owes_write(Some(&s), &s, Some(t(0)), t(12 * 3600), Duration::from_secs(60)));
     }
 }

@@ -1,8 +1,6 @@
-//! The actors: a [`ProbeSupervisor`] per daemon process, a [`NodeAgent`] per node it serves, and a
-//! [`ProbeActor`] per (pod, container, probe) under each agent.
+//! The actors: a [`ProbeSupervisor`] per daemon process (a [`NodeAgents`]), a [`NodeAgent`] per
+//! node it serves, and a [`ProbeActor`] per (pod, container, probe) under each agent.
 //!
-//! - The supervisor receives every NodePodProbe change of its nodes, starts an agent per node and
-//!   restarts a crashed one with back-off (handing it the last object again).
 //! - An agent keeps one ProbeActor per listed probe (started, stopped, given changed specs as the
 //!   spec changes), restarts crashed ones with back-off, and writes the node's status from their
 //!   results at most once per flush interval, only when it changed. It is the status's only
@@ -20,12 +18,13 @@ use prometheus::{IntCounterVec, IntGauge, Opts};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rand::Rng;
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::status::{CachedResult, ResultKey, Transition, next_status, worth_storing};
 use super::worker::{ProbeWorker, Recorded, Seed, Step, period};
 use crate::api::nodepodprobe::{NodePodProbe, NodePodProbeSpec, NodePodProbeStatus};
 use crate::api::podprobemarker::ProbeState;
+use crate::daemon::node_agents::{NodeAgents, NodeObject};
 use crate::daemon::runtime::{ContainerRuntime, ExecOutcome};
 use crate::runtime::api_writer::{WriteOp, WriteTarget, write};
 use crate::runtime::events::{self, Reporter};
@@ -258,7 +257,17 @@ pub struct AgentArgs {
     pub ctx: AgentContext,
 }
 
+#[derive(Clone)]
 pub struct NodeAgent;
+
+impl From<NodeObject<NodePodProbe>> for AgentMsg {
+    fn from(o: NodeObject<NodePodProbe>) -> Self {
+        AgentMsg::Probes(o.0)
+    }
+}
+
+/// The process's probe agents, one per node with a NodePodProbe.
+pub type ProbeSupervisor = NodeAgents<NodeAgent, NodePodProbe>;
 
 pub struct AgentState {
     node: String,
@@ -482,114 +491,4 @@ async fn emit_event(node: String, t: Transition) {
     let message = format!("{} ({:?}) {}", t.probe, t.state, t.message);
     let reporter = Reporter { component: EVENT_COMPONENT, instance: node };
     events::emit(&reporter, &pod, "Normal", reason, message.trim_end()).await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// ProbeSupervisor
-
-pub enum SupervisorMsg {
-    /// A node's NodePodProbe changed (None: deleted).
-    Probes {
-        node: String,
-        object: Option<Box<NodePodProbe>>,
-    },
-    Restart(String),
-}
-
-pub struct ProbeSupervisor;
-
-pub struct SupervisorState {
-    ctx: AgentContext,
-    agents: HashMap<String, ActorRef<AgentMsg>>,
-    by_actor: HashMap<ActorId, String>,
-    /// The last object per node, handed again to a restarted agent.
-    last: HashMap<String, Box<NodePodProbe>>,
-    restarts: HashMap<String, u32>,
-}
-
-impl Actor for ProbeSupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = AgentContext;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<SupervisorMsg>,
-        ctx: AgentContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SupervisorState {
-            ctx,
-            agents: HashMap::new(),
-            by_actor: HashMap::new(),
-            last: HashMap::new(),
-            restarts: HashMap::new(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<SupervisorMsg>,
-        msg: SupervisorMsg,
-        st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SupervisorMsg::Probes { node, object: Some(o) } => {
-                st.last.insert(node.clone(), o.clone());
-                let agent = st.agent(&myself, &node).await?;
-                let _ = agent.send_message(AgentMsg::Probes(Some(o)));
-            }
-            SupervisorMsg::Probes { node, object: None } => {
-                st.last.remove(&node);
-                if let Some(a) = st.agents.remove(&node) {
-                    st.by_actor.remove(&a.get_id());
-                    let _ = a.send_message(AgentMsg::Probes(None));
-                    a.stop(Some("NodePodProbe deleted".into()));
-                }
-            }
-            SupervisorMsg::Restart(node) => {
-                if let Some(o) = st.last.get(&node).cloned() {
-                    let agent = st.agent(&myself, &node).await?;
-                    let _ = agent.send_message(AgentMsg::Probes(Some(o)));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<SupervisorMsg>,
-        evt: SupervisionEvent,
-        st: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(who, error) = evt
-            && let Some(node) = st.by_actor.remove(&who.get_id())
-        {
-            st.agents.remove(&node);
-            let n = st.restarts.entry(node.clone()).or_default();
-            *n += 1;
-            let delay = Backoff { base: Duration::from_millis(500), max: Duration::from_secs(60) }.delay(*n);
-            warn!(%node, %error, ?delay, "node agent crashed; restarting");
-            myself.send_after(delay, move || SupervisorMsg::Restart(node));
-        }
-        Ok(())
-    }
-}
-
-impl SupervisorState {
-    async fn agent(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        node: &str,
-    ) -> Result<ActorRef<AgentMsg>, ActorProcessingErr> {
-        if let Some(a) = self.agents.get(node) {
-            return Ok(a.clone());
-        }
-        let args = AgentArgs { node: node.to_string(), ctx: self.ctx.clone() };
-        let (a, _) = Actor::spawn_linked(None, NodeAgent, args, myself.get_cell()).await?;
-        info!(%node, "serving the node's probes");
-        self.by_actor.insert(a.get_id(), node.to_string());
-        self.agents.insert(node.to_string(), a.clone());
-        Ok(a)
-    }
 }
