@@ -10,8 +10,9 @@
 //! Images ([`SimulatedImages`]): each node starts with the images its annotation
 //! `images.sim.kruise.io/script` names as present and keeps what it pulls. A pull takes the
 //! process's pull time unless the annotation says otherwise, and fails as often as it says:
-//! `{"latencyMs": 1000, "present": ["busybox:1.36"], "failures": {"nginx:1.25": 2, "*": 0}}`
-//! (`failures`: attempts of a reference that fail before one succeeds; `*` for any reference).
+//! `{"latencyMs": 1000, "present": ["busybox:1.36"], "failures": {"nginx:1.25": 2, "*": 0},
+//! "requireUser": "robot"}` (`failures`: attempts of a reference that fail before one succeeds, `*`
+//! for any reference; `requireUser`: pulls without that registry user are refused).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -168,6 +169,8 @@ pub struct ImagesScript {
     pub latency_ms: Option<u64>,
     pub present: Vec<String>,
     pub failures: HashMap<String, u32>,
+    /// The registry user every pull must come with (the others are refused).
+    pub require_user: Option<String>,
 }
 
 /// What the simulated nodes hold and how often each was asked to pull what.
@@ -219,13 +222,17 @@ impl ImageRuntime for SimulatedNodeImages {
         Box::pin(async move { Ok(id) })
     }
 
-    fn pull_image(&self, reference: &str, _auth: Option<&RegistryAuth>) -> BoxFuture<'_, Result<String, RuntimeError>> {
+    fn pull_image(&self, reference: &str, auth: Option<&RegistryAuth>) -> BoxFuture<'_, Result<String, RuntimeError>> {
         let script = self.images.script(&self.node);
+        let refused = script.require_user.is_some_and(|u| auth.is_none_or(|a| a.username != u));
         let latency = script.latency_ms.map_or(self.images.pull_time, Duration::from_millis);
         let fail_first = script.failures.get(reference).or_else(|| script.failures.get("*")).copied().unwrap_or(0);
         let reference = reference.to_string();
         Box::pin(async move {
             tokio::time::sleep(latency).await;
+            if refused {
+                return Err(RuntimeError(format!("simulated registry refused {reference}: unauthorized")));
+            }
             let mut s = self.images.state.lock().map_err(|_| RuntimeError("simulated images poisoned".into()))?;
             let attempt = s.attempts.entry((self.node.clone(), reference.clone())).or_default();
             *attempt += 1;
@@ -314,6 +321,17 @@ mod tests {
         assert!(n1.pull_image("nginx:1", None).await.is_err());
         let id = n1.pull_image("nginx:1", None).await.expect("the third attempt succeeds");
         assert_eq!(n1.image_id("nginx:1").await.unwrap(), Some(id), "pulled images stay");
+
+        let robot = RegistryAuth { username: "robot".into(), ..Default::default() };
+        let script = json!({"requireUser": "robot"}).to_string();
+        let locked: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(json!({"metadata": {"name": "n3", "annotations": {IMAGES_ANNOTATION: script}}}))
+                .unwrap();
+        writer.apply_watcher_event(&Event::Apply(locked));
+        let n3 = images.node("n3");
+        assert!(n3.pull_image("nginx:1", None).await.unwrap_err().0.contains("unauthorized"));
+        assert!(n3.pull_image("nginx:1", Some(&RegistryAuth::default())).await.is_err());
+        n3.pull_image("nginx:1", Some(&robot)).await.expect("the required user");
 
         let other = images.node("n2");
         let start = tokio::time::Instant::now();

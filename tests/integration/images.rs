@@ -161,6 +161,8 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
     let (failing, silent) = (node_name(1), node_name(3));
     script_images(&client, &failing, json!({ "failures": { "*": 1000 } })).await;
     script_images(&client, &node_name(0), json!({ "present": ["busybox:1"] })).await;
+    // node 2's registry wants user "puller", which only the jobs' pull secret gives.
+    script_images(&client, &node_name(2), json!({ "requireUser": "puller" })).await;
     let selector = format!("--simulated-node-selector=type=kwok,kubernetes.io/hostname!={silent}");
     let daemon = DaemonProcess::start(
         &cp,
@@ -169,10 +171,21 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
     );
     let ns = "images";
     namespace(&client, ns).await;
+    let config = json!({ "auths": { "https://index.docker.io/v1/": { "username": "puller", "password": "p" } } });
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": { "name": "registry" }, "stringData": { ".dockerconfigjson": config.to_string() }
+    });
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).expect("secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &secret)
+        .await
+        .expect("pull secret");
     let job = |name: &str, image: &str, spec: serde_json::Value| {
         let mut j = json!({
             "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
-            "metadata": { "name": name }, "spec": { "image": image, "parallelism": 10 }
+            "metadata": { "name": name },
+            "spec": { "image": image, "parallelism": 10, "pullSecrets": ["registry"] }
         });
         if let (Some(s), Some(extra)) = (j["spec"].as_object_mut(), spec.as_object()) {
             s.extend(extra.clone());
@@ -200,8 +213,8 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
         .expect_err("denied");
     assert!(e.to_string().contains("spec.image"), "{e}");
 
-    // All four nodes: two succeed; node 1 fails after backoffLimit + 1 = 3 attempts; node 3 never
-    // answers and is failed by the manager.
+    // All four nodes: two succeed (node 2 with the pull secret's user); node 1 fails after
+    // backoffLimit + 1 = 3 attempts; node 3 never answers and is failed by the manager.
     let all = job(
         "all",
         "nginx:1.25",
@@ -226,9 +239,10 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
     let tag = n1.status.as_ref().and_then(|s| s.tag("nginx", "1.25")).expect("node 1's tag status").clone();
     assert_eq!(tag.phase, ImagePullPhase::Failed);
     let message = tag.message.unwrap_or_default();
-    assert!(message.ends_with("(attempt 3)"), "the last of exactly 3 attempts: {message}");
+    // Each attempt pulls with the secret's user, then anonymously: 6 PullImage calls.
+    assert!(message.ends_with("(attempt 6)"), "the last of exactly 6 calls: {message}");
     let attempts = daemon.metric("kruise_daemon_image_pull_attempts_total", "result=\"failed\"").await;
-    assert_eq!(attempts, Some(3.0), "3 failed PullImage calls in all");
+    assert_eq!(attempts, Some(3.0), "3 failed attempts in all");
     // PullImageFailed on the job: the daemon's for node 1, the manager's for node 3.
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     eventually(WAIT, "PullImageFailed Events on the job from the daemon and the manager", || async {
