@@ -22,7 +22,7 @@ use crate::api::validation::{self, ErrorList};
 use crate::api::workloadspread::WorkloadSpread;
 use crate::controllers::sidecarset::hash::sidecarset_hashes;
 use crate::controllers::sidecarset::injection::{SIDECARSET_HASH, SIDECARSET_HASH_WITHOUT_IMAGE};
-use crate::features::{FeatureGates, SIDECARSET_PATCH_POD_METADATA_DEFAULTS_ALLOWED};
+use crate::features::{FeatureGates, KRUISE_DAEMON, SIDECARSET_PATCH_POD_METADATA_DEFAULTS_ALLOWED};
 
 /// What validation may need besides the object: gathered by the glue, so decisions stay pure.
 #[derive(Debug, Default, Clone)]
@@ -46,10 +46,20 @@ pub enum AdmissionError {
     UnknownResource(String),
     #[error("decoding the object: {0}")]
     Decode(String),
+    /// The kind's feature is off, so its objects are refused (403, as upstream).
+    #[error("feature-gate {0} is not enabled")]
+    FeatureGateOff(&'static str),
 }
 
 fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, AdmissionError> {
-    serde_json::from_value(v.clone()).map_err(|e| AdmissionError::Decode(e.to_string()))
+    let mut v = v.clone();
+    // Upstream decodes a kruise object without `spec` as the zero spec; so do we (the types
+    // require the field).
+    let kruise = v.get("apiVersion").and_then(Value::as_str).is_some_and(|a| a.starts_with("apps.kruise.io/"));
+    if let (true, Value::Object(m)) = (kruise, &mut v) {
+        m.entry("spec").or_insert_with(|| Value::Object(Default::default()));
+    }
+    serde_json::from_value(v).map_err(|e| AdmissionError::Decode(e.to_string()))
 }
 
 /// The JSON patch that turns `object` into its defaulted form, limited to `spec` and the
@@ -123,6 +133,9 @@ pub fn validate_object(
     use crate::api::validation as v;
     // DELETE: deletion protection (gate ResourcesDeletionProtection) is not built yet: allowed.
     let Some(new) = new.filter(|_| operation != "DELETE") else { return Ok(vec![]) };
+    if matches!(plural, "imagepulljobs" | "nodeimages") && !ctx.gates.enabled(KRUISE_DAEMON) {
+        return Err(AdmissionError::FeatureGateOff(KRUISE_DAEMON));
+    }
     fn old_typed<T: DeserializeOwned>(old: Option<&Value>) -> Result<Option<T>, AdmissionError> {
         old.map(typed).transpose()
     }
@@ -246,5 +259,24 @@ mod tests {
             validate_object("clonesets", "CREATE", Some(&json!({"spec": 5})), None, &Context::default()),
             Err(AdmissionError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn image_objects_are_refused_while_kruise_daemon_is_off() {
+        let job = json!({ "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+            "metadata": { "name": "j", "namespace": "a" },
+            "spec": { "image": "nginx:1", "completionPolicy": { "type": "Always" } } });
+        let off: FeatureGates = "KruiseDaemon=false".parse().unwrap();
+        let ctx = Context { gates: off, ..Default::default() };
+        let denied = validate_object("imagepulljobs", "CREATE", Some(&job), None, &ctx).unwrap_err();
+        assert_eq!(denied.to_string(), "feature-gate KruiseDaemon is not enabled");
+        let ni = json!({ "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodeImage", "metadata": { "name": "n" } });
+        assert_eq!(validate_object("nodeimages", "UPDATE", Some(&ni), None, &ctx), Err(denied));
+        assert_eq!(validate_object("imagepulljobs", "DELETE", None, Some(&job), &ctx), Ok(vec![]));
+        assert_eq!(validate_object("imagepulljobs", "CREATE", Some(&job), None, &Context::default()), Ok(vec![]));
+        // No spec decodes as the empty spec, as upstream: defaulted, then judged on its fields.
+        assert!(default_object("nodeimages", &ni, now()).is_ok());
+        let errs = validate_object("nodeimages", "CREATE", Some(&ni), None, &Context::default()).unwrap();
+        assert!(errs.is_empty(), "{errs:?}");
     }
 }

@@ -256,6 +256,7 @@ async fn validate(state: Arc<WebhookState>, path: String, Json(review): Review) 
     let resp = match admission::validate_object(&resource, &operation, new.as_ref(), old.as_ref(), &ctx) {
         Ok(errs) if errs.is_empty() => resp,
         Ok(errs) => deny(resp, 422, "Invalid", admission::denial_message(&resource, &req.name, &errs)),
+        Err(e @ admission::AdmissionError::FeatureGateOff(_)) => deny(resp, 403, "Forbidden", e.to_string()),
         Err(e) => deny(resp, 400, "BadRequest", e.to_string()),
     };
     answer(&state, &path, started, resp)

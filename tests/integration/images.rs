@@ -321,3 +321,29 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
     })
     .await;
 }
+
+/// With KruiseDaemon off, ImagePullJobs and NodeImages are refused: 403 with the gate's name.
+#[tokio::test]
+async fn image_objects_are_refused_while_kruise_daemon_is_off() {
+    let (cp, client, _managers) =
+        kruise_cluster("images-gate-off", 0, 1, &["--feature-gates=KruiseDaemon=false"]).await;
+    let _logs = LogsOnFailure(&cp);
+    namespace(&client, "images").await;
+    let job = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+        "metadata": { "name": "nginx" }, "spec": { "image": "nginx:1.25" }
+    });
+    let node_image =
+        json!({ "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodeImage", "metadata": { "name": "n" } });
+    for (plural, kind, ns, body) in
+        [("imagepulljobs", "ImagePullJob", Some("images"), job), ("nodeimages", "NodeImage", None, node_image)]
+    {
+        match create(&client, plural, kind, ns, body).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 403, "{s:?}");
+                assert!(s.message.contains("feature-gate KruiseDaemon is not enabled"), "{}", s.message);
+            }
+            other => panic!("{kind} with KruiseDaemon off: {other:?}"),
+        }
+    }
+}
