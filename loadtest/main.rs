@@ -29,6 +29,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 mod admission;
+mod images;
 mod probes;
 mod rollout;
 
@@ -59,6 +60,9 @@ enum Cmd {
     /// PodProbeMarker at scale: simulated kruise-daemon probing many kwok nodes' pods; marking
     /// latency from an outcome change, write rates, CPU and memory.
     Probes(probes::ProbesArgs),
+    /// Image pre-download: one ImagePullJob onto many kwok nodes per parallelism setting, with
+    /// simulated kruise-daemon pulls; time against the ideal, concurrency, API requests.
+    Images(images::ImagesArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -132,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Injection(args) => admission::injection(args),
         Cmd::Rollout(args) => rollout::rollout(args).await,
         Cmd::Probes(args) => probes::probes(args).await,
+        Cmd::Images(args) => images::images(args).await,
     }
 }
 

@@ -1,0 +1,251 @@
+//! `kruise-loadtest images`: one image pre-downloaded onto many kwok nodes by an ImagePullJob,
+//! for several parallelism settings, with kruise-daemon in simulated mode pulling for every node
+//! (each pull takes `--pull-ms`).
+//!
+//! Measured per parallelism `p`: the time from creating the job until it completes, against the
+//! ideal `ceil(nodes / p) × pull time` (what a controller with no overhead would take), the most
+//! nodes seen pulling the image at once (never above `p`), and the API requests of the run by
+//! verb and resource, with the managers' and the daemon's writes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{DynamicObject, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::json;
+
+use kruise::api::imagepulljob::ImagePullJob;
+use kruise::api::nodeimage::NodeImage;
+
+use crate::cluster::Lifetime;
+use crate::cluster::process::{Component, http_get};
+use crate::{machine, process_figures, scrape, wait_for};
+
+#[derive(clap::Args, Clone)]
+pub struct ImagesArgs {
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Parallelism settings to measure, in order (one job each, each its own image).
+    #[arg(long, value_delimiter = ',', default_value = "100,10,1")]
+    parallelism: Vec<usize>,
+    /// How long each simulated pull takes.
+    #[arg(long, default_value_t = 1000)]
+    pull_ms: u64,
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Write budget per process (managers and daemon).
+    #[arg(long, default_value_t = 500.0)]
+    kube_api_qps: f64,
+    #[arg(long, default_value_t = 500)]
+    kube_api_burst: u32,
+    /// Extra kruise-daemon flags (e.g. `--image-status-flush-interval=100ms`).
+    #[arg(long, allow_hyphen_values = true)]
+    daemon_flag: Vec<String>,
+    #[arg(long, default_value_t = 7200)]
+    timeout_secs: u64,
+    #[arg(long)]
+    manager_bin: Option<std::path::PathBuf>,
+}
+
+const NAMESPACE: &str = "images-bench";
+const IMAGE: &str = "bench.local/app";
+
+/// Per tag: per node, whether its NodeImage holds an unfinished pull of `IMAGE:tag`, and the
+/// most nodes at once.
+#[derive(Default)]
+struct Pulling {
+    unfinished: BTreeMap<String, BTreeMap<String, bool>>,
+    most: BTreeMap<String, usize>,
+}
+
+/// Follows every NodeImage and keeps [`Pulling`] (each watch event is one point in the API
+/// server's order, so the count after it is exact at that version).
+fn follow_pulls(client: &Client, pulling: Arc<Mutex<Pulling>>) {
+    let stream = watcher::watcher(Api::<NodeImage>::all(client.clone()), Default::default()).applied_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ni) = stream.next().await {
+            let Ok(ni) = ni else { continue };
+            let node = ni.metadata.name.clone().unwrap_or_default();
+            let Ok(mut p) = pulling.lock() else { return };
+            let tags = ni.spec.images.as_ref().and_then(|m| m.get(IMAGE)).map(|s| s.tags.clone()).unwrap_or_default();
+            let mut tracked: Vec<String> = p.unfinished.keys().cloned().collect();
+            tracked.extend(tags.iter().map(|t| t.tag.clone()));
+            for tag in tracked {
+                let spec = tags.iter().find(|t| t.tag == tag);
+                let unfinished = spec.is_some_and(|t| {
+                    let s = ni.status.as_ref().and_then(|s| s.tag_at(IMAGE, &tag, t.version));
+                    s.is_none_or(|s| s.completion_time.is_none())
+                });
+                let per_node = p.unfinished.entry(tag.clone()).or_default();
+                per_node.insert(node.clone(), unfinished);
+                let now = per_node.values().filter(|u| **u).count();
+                let most = p.most.entry(tag).or_default();
+                *most = (*most).max(now);
+            }
+        }
+    });
+}
+
+struct Run {
+    parallelism: usize,
+    seconds: f64,
+    ideal: f64,
+    most_pulling: usize,
+    succeeded: i32,
+    manager_writes: f64,
+    daemon_writes: f64,
+    requests: f64,
+}
+
+pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
+    let manager = crate::manager_binary(args.manager_bin.as_deref())?;
+    let daemon = manager.with_file_name("kruise-daemon");
+    anyhow::ensure!(daemon.exists(), "{} not found: build it next to kruise-manager", daemon.display());
+    println!(
+        "# kruise-loadtest images: {} nodes, parallelism {:?}, {} ms pulls, {} replicas",
+        args.nodes, args.parallelism, args.pull_ms, args.replicas
+    );
+    println!("machine: {}; manager: {}", machine(), manager.display());
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let (cp, client) = crate::webhook_control_plane("images", args.nodes, Duration::from_secs(600)).await?;
+
+    let extra = [
+        format!("--kube-api-qps={}", args.kube_api_qps),
+        format!("--kube-api-burst={}", args.kube_api_burst),
+        "--controllers=imagepulljob".to_string(),
+        "--nodeimage-creation-delay=0s".to_string(),
+    ];
+    let replicas = crate::start_managers(&cp, &manager, "images", args.replicas, &extra, timeout).await?;
+    let daemon_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
+    let mut daemon_flags = vec![
+        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+        format!("--addr={daemon_addr}"),
+        "--simulated".to_string(),
+        format!("--simulated-pull-time={}ms", args.pull_ms),
+        format!("--kube-api-qps={}", args.kube_api_qps),
+        format!("--kube-api-burst={}", args.kube_api_burst),
+    ];
+    daemon_flags.extend(args.daemon_flag.iter().cloned());
+    println!("daemon flags: {}", daemon_flags[3..].join(" "));
+    let daemon_process =
+        Component::spawn("images-daemon", &daemon, &daemon_flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
+    wait_for("the daemon to serve", timeout, async || http_get(&daemon_addr, "/healthz").await.is_some()).await?;
+
+    let node_images: Api<NodeImage> = Api::all(client.clone());
+    let started = Instant::now();
+    wait_for("a NodeImage per node", timeout, async || {
+        node_images.list(&Default::default()).await.is_ok_and(|l| l.items.len() >= args.nodes)
+    })
+    .await?;
+    println!("NodeImages for {} nodes after {:.1} s", args.nodes, started.elapsed().as_secs_f64());
+    crate::create_namespaces(&client, &[NAMESPACE.to_string()], timeout).await?;
+    let pulling = Arc::new(Mutex::new(Pulling::default()));
+    follow_pulls(&client, pulling.clone());
+
+    let writes = async || {
+        let mut manager_writes = 0.0;
+        for (addr, _) in &replicas {
+            manager_writes += scrape(addr).await.sum("kruise_writer_requests_total", "");
+        }
+        (manager_writes, scrape(&daemon_addr).await.sum("kruise_writer_requests_total", ""))
+    };
+    let jobs: Api<ImagePullJob> = Api::namespaced(client.clone(), NAMESPACE);
+    let pull_secs = args.pull_ms as f64 / 1000.0;
+    let mut runs = Vec::new();
+    for &p in &args.parallelism {
+        let tag = format!("p{p}");
+        let name = format!("bench-{tag}");
+        let job = json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+            "metadata": { "name": name },
+            "spec": { "image": format!("{IMAGE}:{tag}"), "parallelism": p,
+                      "completionPolicy": { "type": "Always" } }
+        });
+        let dynamic: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), NAMESPACE, &kube::api::ApiResource::erase::<ImagePullJob>(&()));
+        let (m0, d0) = writes().await;
+        let load0 = crate::ApiServerLoad::read(&client).await;
+        let started = Instant::now();
+        dynamic.create(&PostParams::default(), &serde_json::from_value(job)?).await?;
+        let mut last_report = Instant::now();
+        let mut status = None;
+        wait_for(&format!("job {name} to complete"), timeout, async || {
+            status = jobs.get_opt(&name).await.ok().flatten().and_then(|j| j.status);
+            if last_report.elapsed() > Duration::from_secs(10) {
+                last_report = Instant::now();
+                let s = status.clone().unwrap_or_default();
+                println!(
+                    "  parallelism {p}, {:.0} s: {} succeeded, {} active, {} failed of {}",
+                    started.elapsed().as_secs_f64(),
+                    s.succeeded,
+                    s.active,
+                    s.failed,
+                    s.desired
+                );
+            }
+            status.as_ref().is_some_and(|s| s.completion_time.is_some())
+        })
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (m1, d1) = writes().await;
+        let load1 = crate::ApiServerLoad::read(&client).await;
+        load1.report(&load0, &format!("parallelism {p}"), seconds, 8);
+        let requests: f64 = load1.since(&load0).iter().filter(|r| r.0 != "WATCH").map(|r| r.2).sum();
+        let s = status.unwrap_or_default();
+        let most_pulling = pulling.lock().ok().and_then(|p| p.most.get(&tag).copied()).unwrap_or(0);
+        let steps = args.nodes.div_ceil(p.max(1));
+        let ideal = steps as f64 * pull_secs;
+        println!(
+            "parallelism {p}: complete after {seconds:.1} s (ideal {ideal:.0} s, ×{:.2}; {:.2} s per step over the pull), {} succeeded, {} failed, at most {most_pulling} nodes pulling",
+            seconds / ideal,
+            (seconds - ideal) / steps as f64,
+            s.succeeded,
+            s.failed
+        );
+        runs.push(Run {
+            parallelism: p,
+            seconds,
+            ideal,
+            most_pulling,
+            succeeded: s.succeeded,
+            manager_writes: m1 - m0,
+            daemon_writes: d1 - d0,
+            requests,
+        });
+    }
+
+    let daemon_figures = process_figures(daemon_process.pid());
+    let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
+    println!(
+        "\ndaemon CPU {:.1} s / peak RSS {:.0} MiB; managers {}",
+        daemon_figures.1,
+        daemon_figures.0,
+        manager_figures.iter().map(|(rss, cpu)| format!("{cpu:.1} s / {rss:.0} MiB")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "\n| nodes | parallelism | complete s | ideal s | ratio | overhead per step s | most pulling at once | succeeded | manager writes | daemon writes | API requests (excl. watches) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &runs {
+        let steps = args.nodes.div_ceil(r.parallelism.max(1)) as f64;
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {:.0} |",
+            args.nodes,
+            r.parallelism,
+            r.seconds,
+            r.ideal,
+            r.seconds / r.ideal,
+            (r.seconds - r.ideal) / steps,
+            r.most_pulling,
+            r.succeeded,
+            r.manager_writes,
+            r.daemon_writes,
+            r.requests
+        );
+    }
+    Ok(())
+}
