@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
@@ -23,6 +23,7 @@ use kube::api::ApiResource;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rand::Rng;
 use serde_json::json;
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::plan::{PullTask, node_status, owed_pulls, owes_write};
@@ -400,5 +401,121 @@ impl PullSupervisorState {
                 self.schedule_flush(myself, delay);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::future::BoxFuture;
+    use serde_json::json;
+
+    use crate::daemon::runtime::{RegistryAuth, RuntimeError};
+    use crate::runtime::metrics::MetricsRegistry;
+
+    /// Pulls take 1 s; the first pull of `crash:1` panics; it counts pulls running at once, the
+    /// most at once, calls per reference, and pulls dropped before they ended.
+    #[derive(Default)]
+    struct Node {
+        running: AtomicUsize,
+        most: AtomicUsize,
+        dropped: AtomicUsize,
+        calls: Mutex<BTreeMap<String, usize>>,
+    }
+
+    /// Counts a pull as running while it lives; one dropped before it ended was cancelled.
+    struct Running<'a>(&'a Node, bool);
+
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.running.fetch_sub(1, Ordering::SeqCst);
+            if !self.1 {
+                self.0.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl ImageRuntime for Node {
+        fn image_id(&self, _: &str) -> BoxFuture<'_, Result<Option<String>, RuntimeError>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn pull_image(&self, reference: &str, _: Option<&RegistryAuth>) -> BoxFuture<'_, Result<String, RuntimeError>> {
+            let reference = reference.to_string();
+            Box::pin(async move {
+                let n = {
+                    let mut calls = self.calls.lock().unwrap();
+                    let n = calls.entry(reference.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                let mut guard = Running(self, false);
+                assert!(!(reference == "crash:1" && n == 1), "the runtime client crashed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                guard.1 = true;
+                Ok(format!("sha256:{reference}"))
+            })
+        }
+    }
+
+    fn node_image(tags: &[(&str, &str)]) -> NodeImage {
+        let mut images = serde_json::Map::new();
+        for (image, tag) in tags {
+            let entry = images.entry(image.to_string()).or_insert_with(|| json!({ "tags": [] }));
+            entry["tags"].as_array_mut().unwrap().push(json!({ "tag": tag, "version": 0 }));
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodeImage",
+            "metadata": { "name": "n1", "resourceVersion": "1" },
+            "spec": { "images": images }
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pulls_run_two_at_a_time_crashed_ones_restart_and_removed_ones_are_cancelled() {
+        let node = Arc::new(Node::default());
+        let metrics = PullMetrics::register(&MetricsRegistry::new()).unwrap();
+        let runtime = node.clone();
+        let ctx = PullContext {
+            runtime_for: Arc::new(move |_: &str| -> Arc<dyn ImageRuntime> { runtime.clone() }),
+            secrets: None,
+            metrics: metrics.clone(),
+            flush_interval: Duration::from_millis(100),
+            max_workers: 2,
+        };
+        let args = PullSupervisorArgs { node: "n1".into(), ctx };
+        let (sup, _) = Actor::spawn(None, PullSupervisor, args).await.unwrap();
+        let tags = [("a", "1"), ("b", "1"), ("c", "1"), ("crash", "1"), ("d", "1"), ("e", "1")];
+        sup.send_message(PullSupervisorMsg::NodeImage(Some(Box::new(node_image(&tags))))).unwrap();
+        // Spec order: a and b pull first; at 1 s c and crash start, crash's panics, so d takes
+        // its slot while crash backs off.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!((metrics.active.get(), metrics.waiting.get()), (2, 4), "two pulling, four waiting");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let calls: Vec<String> = node.calls.lock().unwrap().keys().cloned().collect();
+        assert_eq!(calls, ["a:1", "b:1", "c:1", "crash:1", "d:1"]);
+
+        // d leaves the spec while it pulls, e while it waits.
+        let fewer = [("a", "1"), ("b", "1"), ("c", "1"), ("crash", "1")];
+        sup.send_message(PullSupervisorMsg::NodeImage(Some(Box::new(node_image(&fewer))))).unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+
+        assert_eq!(node.most.load(Ordering::SeqCst), 2, "never more than 2 pulls at once");
+        let calls = node.calls.lock().unwrap().clone();
+        assert_eq!(calls.get("crash:1"), Some(&2), "the crashed pull ran again: {calls:?}");
+        assert_eq!(calls.get("e:1"), None, "a tag removed while waiting never pulls");
+        for t in ["a:1", "b:1", "c:1", "d:1"] {
+            assert_eq!(calls.get(t), Some(&1), "{t} pulled once: {calls:?}");
+        }
+        assert_eq!(node.dropped.load(Ordering::SeqCst), 2, "d's pull was cancelled, crash's first unwound");
+        assert_eq!(metrics.pulls.with_label_values(&["succeeded"]).get(), 4, "a, b, c and crash");
+        assert_eq!((metrics.active.get(), metrics.waiting.get()), (0, 0));
+        sup.stop(None);
     }
 }
