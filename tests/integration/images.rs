@@ -262,6 +262,18 @@ async fn failures_deadlines_ttl_new_and_deleted_nodes() {
     let jobs: Api<ImagePullJob> = Api::namespaced(client.clone(), ns);
     eventually(WAIT, "job all to be deleted after its TTL", || async { matches!(jobs.get_opt("all").await, Ok(None)) })
         .await;
+    // With their only owner gone, its tags leave every NodeImage's spec, and the status of every
+    // node with a daemon (the silent node's status keeps what the manager wrote, as upstream).
+    eventually(WAIT, "nginx to leave every NodeImage", || async {
+        node_images.list(&Default::default()).await.is_ok_and(|l| {
+            l.items.iter().all(|n| {
+                let served = n.metadata.name.as_deref() != Some(silent.as_str());
+                let in_status = n.status.as_ref().is_some_and(|s| s.tag("nginx", "1.25").is_some());
+                n.spec.tag("nginx", "1.25").is_none() && !(served && in_status)
+            })
+        })
+    })
+    .await;
 
     // activeDeadlineSeconds: the silent node cannot finish in 2 s.
     let deadline = job(
