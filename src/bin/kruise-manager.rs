@@ -117,6 +117,8 @@ struct Flags {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Writes the chart's webhook configurations template (generated from the code).
+    ChartWebhooks,
     /// Print the CRD manifests generated from the API types, or write one file per CRD.
     Crds {
         /// Directory to write `<group>_<plural>.yaml` files into (e.g. deploy/helm/kruise/crds).
@@ -161,6 +163,13 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     match &flags.command {
         Some(Command::Crds { out }) => return write_crds(out.as_deref()),
+        Some(Command::ChartWebhooks) => {
+            let path = kruise::webhook::configuration::CHART_WEBHOOKS_TEMPLATE;
+            std::fs::write(path, kruise::webhook::configuration::chart_template()?)
+                .with_context(|| format!("writing {path} (run from the repository root)"))?;
+            eprintln!("wrote {path}");
+            return Ok(());
+        }
         Some(Command::WebhookConfigurations { namespace, service }) => {
             let (m, v) = kruise::webhook::configuration::configurations(namespace, service);
             print!("---\n{}---\n{}", serde_norway::to_string(&m)?, serde_norway::to_string(&v)?);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok) from their Go modules, through the Go module proxy only.
+# kubectl, etcd, kwok) and helm from their Go modules, through the Go module proxy only.
 #
 # Output: ~/.cache/kruise-rs/k8s-bin/<k8s>-etcd<etcd>-kwok<kwok>/ (KRUISE_K8S_BIN_DIR overrides) with
 # one binary each and a `.complete` stamp. The cache sits outside the checkout so that every clone
@@ -13,7 +13,8 @@ source "$here/versions.env"
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/kruise-rs/k8s-bin"
 out="${KRUISE_K8S_BIN_DIR:-$cache/${K8S_VERSION}-etcd${ETCD_VERSION}-kwok${KWOK_VERSION}}"
-if [[ -f "$out/.complete" ]]; then
+helm_stamp=".helm-${HELM_VERSION}"
+if [[ -f "$out/.complete" && -f "$out/$helm_stamp" ]]; then
   echo "$out"
   exit 0
 fi
@@ -56,6 +57,14 @@ if missing kwok; then
   (cd "$here/go/kwok" && go build -trimpath -ldflags "-s -w" -o "$out/kwok" sigs.k8s.io/kwok/cmd/kwok)
 fi
 
+if [[ ! -f "$out/$helm_stamp" ]]; then
+  log "building helm ${HELM_VERSION}"
+  (cd "$here/go/helm" && go build -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+    -o "$out/helm" helm.sh/helm/v3/cmd/helm)
+  touch "$out/$helm_stamp"
+fi
+
 # kwok has no built-in stages: take the ones its module ships (what kwokctl uses by default):
 # nodes become Ready and keep a lease; pods bound to a kwok node run, Job pods complete, and
 # deleted pods go away.
@@ -69,7 +78,7 @@ kwok_src="$(cd "$here/go/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
 } > "$out/kwok-stages.yaml.tmp"
 mv "$out/kwok-stages.yaml.tmp" "$out/kwok-stages.yaml"
 
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
   [[ -x "$out/$b" ]] || { log "missing $out/$b after build"; exit 1; }
 done
 touch "$out/.complete"
