@@ -21,4 +21,9 @@ cargo test --locked --lib --tests
 # still work, with the shard filtering done client-side.
 step "integration tests again, ShardedListAndWatch off"
 KRUISE_TEST_FEATURE_GATES=ShardedListAndWatch=false cargo test --locked --test integration
+# And once more with every kruise-manager and kruise-daemon running as the chart's ServiceAccounts
+# under exactly the chart's RBAC (deploy/helm/kruise/templates/rbac.yaml): the RBAC it installs is
+# enough for every scenario.
+step "integration tests again, as the chart's ServiceAccounts"
+KRUISE_TEST_RBAC=chart cargo test --locked --test integration
 echo "all checks passed in $(( $(date +%s) - t0 ))s" >&2

@@ -393,12 +393,18 @@ impl ControlPlane {
             .create_token_request(name, &PostParams::default(), &request)
             .await?;
         let token = issued.status.and_then(|s| s.token).unwrap_or_default();
+        self.token_kubeconfig(namespace, name, &token)
+    }
+
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name` with `token` (issued
+    /// for it, e.g. by `kubectl create token`).
+    pub fn token_kubeconfig(&self, namespace: &str, name: &str, token: &str) -> Result<PathBuf, ClusterError> {
         if token.is_empty() {
             return Err(ClusterError::Kubeconfig(format!("no token issued for {namespace}/{name}")));
         }
         let path = self.dir.join(format!("sa-{}-{}.kubeconfig", sanitize(namespace), sanitize(name)));
         let user = format!("system:serviceaccount:{namespace}:{name}");
-        write_kubeconfig(&path, &self.server, &self.pki.ca_cert, &user, Credentials::Token(&token))?;
+        write_kubeconfig(&path, &self.server, &self.pki.ca_cert, &user, Credentials::Token(token))?;
         Ok(path)
     }
 

@@ -186,6 +186,127 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The ServiceAccounts the chart's RBAC binds, in the namespace the chart is "installed" in.
+const CHART_NAMESPACE: &str = "kruise-system";
+
+/// The kubeconfig a kruise-manager (`component` "kruise-manager", leases in `lease_namespace`) or
+/// kruise-daemon ("kruise-daemon") runs with: the admin's, or with `KRUISE_TEST_RBAC=chart` the
+/// chart's ServiceAccount with exactly the chart's RBAC (deploy/helm/kruise/templates/rbac.yaml),
+/// so the whole suite shows that RBAC is enough.
+pub fn component_kubeconfig(cp: &ControlPlane, lease_namespace: &str, component: &str) -> std::path::PathBuf {
+    if std::env::var("KRUISE_TEST_RBAC").as_deref() != Ok("chart") {
+        return cp.admin_kubeconfig().to_path_buf();
+    }
+    chart_rbac::kubeconfig(cp, lease_namespace, component)
+}
+
+mod chart_rbac {
+    use std::collections::HashSet;
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::Mutex;
+
+    use super::{CHART_NAMESPACE, ControlPlane, cluster};
+
+    /// (cluster dir, namespace) pairs already given the chart's RBAC.
+    static APPLIED: Mutex<Option<HashSet<(PathBuf, String)>>> = Mutex::new(None);
+
+    fn tool(name: &str) -> PathBuf {
+        cluster::ensure_binaries().expect("the pinned binaries").join(name)
+    }
+
+    fn run(cmd: &mut Command, input: Option<&str>) -> String {
+        use std::io::Write;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(text.as_bytes()).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The chart's RBAC objects for `namespace`, as JSON documents.
+    fn rendered(namespace: &str) -> Vec<serde_json::Value> {
+        let chart = cluster::repo_root().join("deploy/helm/kruise");
+        let yaml = run(
+            Command::new(tool("helm")).args(["template", "kruise"]).arg(&chart).args([
+                "--show-only",
+                "templates/rbac.yaml",
+                "--set",
+                &format!("installation.namespace={namespace}"),
+            ]),
+            None,
+        );
+        serde_norway::Deserializer::from_str(&yaml)
+            .filter_map(|d| {
+                let v: serde_json::Value = serde::Deserialize::deserialize(d).expect("YAML");
+                (!v.is_null()).then_some(v)
+            })
+            .collect()
+    }
+
+    fn apply(cp: &ControlPlane, objects: &[serde_json::Value]) {
+        let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects });
+        let kubeconfig = cp.admin_kubeconfig();
+        run(
+            Command::new(tool("kubectl")).arg(format!("--kubeconfig={}", kubeconfig.display())).args([
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=kruise-tests",
+                "-f",
+                "-",
+            ]),
+            Some(&list.to_string()),
+        );
+    }
+
+    pub fn kubeconfig(cp: &ControlPlane, lease_namespace: &str, component: &str) -> PathBuf {
+        let mut applied = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = applied.get_or_insert_with(HashSet::new);
+        let kubectl = |args: &[&str]| {
+            let kubeconfig = format!("--kubeconfig={}", cp.admin_kubeconfig().display());
+            run(Command::new(tool("kubectl")).arg(kubeconfig).args(args), None)
+        };
+        if applied.insert((cp.dir().to_path_buf(), CHART_NAMESPACE.to_string())) {
+            // The chart's cluster-wide rules, bound to its ServiceAccounts in its namespace.
+            let ns = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": CHART_NAMESPACE, "labels": { "control-plane": "controller-manager" } } });
+            let accounts = ["kruise-manager", "kruise-daemon"].map(|name| {
+                serde_json::json!({ "apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": { "name": name, "namespace": CHART_NAMESPACE } })
+            });
+            let mut objects = vec![ns];
+            objects.extend(accounts);
+            objects.extend(rendered(CHART_NAMESPACE));
+            apply(cp, &objects);
+        }
+        if component == "kruise-manager" && applied.insert((cp.dir().to_path_buf(), lease_namespace.to_string())) {
+            // The namespaced rules (leases, the webhook Secret) in the namespace this manager
+            // uses as the Kruise namespace, bound to the chart's ServiceAccount.
+            let mut objects: Vec<serde_json::Value> = rendered(lease_namespace)
+                .into_iter()
+                .filter(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
+                .collect();
+            for o in &mut objects {
+                if let Some(subjects) = o.get_mut("subjects").and_then(|s| s.as_array_mut()) {
+                    for s in subjects {
+                        s["namespace"] = CHART_NAMESPACE.into();
+                    }
+                }
+            }
+            let ns =
+                serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": lease_namespace } });
+            objects.insert(0, ns);
+            apply(cp, &objects);
+        }
+        let token = kubectl(&["create", "token", component, "-n", CHART_NAMESPACE, "--duration=2h"]);
+        cp.token_kubeconfig(CHART_NAMESPACE, component, token.trim()).expect("a ServiceAccount kubeconfig")
+    }
+}
+
 /// A kruise-manager replica run as a child process of the test binary.
 pub struct ManagerProcess {
     pub identity: String,
@@ -194,13 +315,14 @@ pub struct ManagerProcess {
 }
 
 impl ManagerProcess {
-    /// Starts `target/.../kruise-manager` against `cp` as the admin, with its leases in
+    /// Starts `target/.../kruise-manager` against `cp` (as [`component_kubeconfig`]), with its leases in
     /// `lease_namespace`, plus `extra_args`. Its log goes to `<cluster dir>/logs/<identity>.log`.
     pub fn start(cp: &ControlPlane, lease_namespace: &str, identity: &str, extra_args: &[&str]) -> Self {
         let metrics_port = cluster::control_plane::free_port().expect("free port");
         let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let kubeconfig = component_kubeconfig(cp, lease_namespace, "kruise-manager");
         let mut args = vec![
-            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--identity={identity}"),
             format!("--leader-election-namespace={lease_namespace}"),
             format!("--metrics-addr={metrics_addr}"),
@@ -245,11 +367,9 @@ impl DaemonProcess {
     pub fn start(cp: &ControlPlane, name: &str, extra_args: &[&str]) -> Self {
         let port = cluster::control_plane::free_port().expect("free port");
         let addr = format!("127.0.0.1:{port}");
-        let mut args = vec![
-            format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
-            format!("--addr={addr}"),
-            "--simulated".to_string(),
-        ];
+        let kubeconfig = component_kubeconfig(cp, "", "kruise-daemon");
+        let mut args =
+            vec![format!("--kubeconfig={}", kubeconfig.display()), format!("--addr={addr}"), "--simulated".to_string()];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let process = cluster::process::Component::spawn(
             name,
