@@ -49,6 +49,9 @@ pub struct ShardMetrics {
     pub is_leader: IntGauge,
 }
 
+/// The `operation` values of `kruise_lease_errors_total`.
+pub const LEASE_OPERATIONS: [&str; 6] = ["renew", "acquire", "create", "release", "leader", "membership"];
+
 impl ShardMetrics {
     pub fn register(registry: &MetricsRegistry) -> prometheus::Result<Self> {
         let m = Self {
@@ -74,6 +77,13 @@ impl ShardMetrics {
         registry.register(&m.leader_status)?;
         registry.register(&m.lease_errors)?;
         registry.register(&m.is_leader)?;
+        // Every series from the start, so rates and alerts see zeros rather than nothing.
+        for op in LEASE_OPERATIONS {
+            m.lease_errors.with_label_values(&[op]);
+        }
+        for d in ["acquired", "released", "lost"] {
+            m.shard_handoffs.with_label_values(&[d]);
+        }
         Ok(m)
     }
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod chart;
 mod crds;
+mod dashboards;
 mod events;
 mod harness;
 mod images;
