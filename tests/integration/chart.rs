@@ -43,12 +43,7 @@ fn render(sets: &[&str]) -> Vec<Value> {
         args.extend(["--set", s]);
     }
     let yaml = run_helm(&args);
-    serde_norway::Deserializer::from_str(&yaml)
-        .filter_map(|doc| {
-            let v: Value = serde::Deserialize::deserialize(doc).expect("a YAML document");
-            (!v.is_null()).then_some(v)
-        })
-        .collect()
+    crate::support::yaml_documents(&yaml)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {

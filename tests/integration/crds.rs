@@ -33,20 +33,11 @@ fn api_for(client: &Client, ar: &ApiResource, namespaced: bool, ns: &str) -> Api
 /// Every YAML document in examples/.
 fn examples() -> Vec<(String, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples/")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
     let mut docs = Vec::new();
-    for f in files {
+    for f in crate::support::files_with_extension(&dir, "yaml") {
         let text = std::fs::read_to_string(&f).expect("read example");
-        for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
-            let value: Value = serde::Deserialize::deserialize(doc).expect("example is YAML");
-            if !value.is_null() {
-                docs.push((format!("{}#{i}", f.file_name().unwrap_or_default().to_string_lossy()), value));
-            }
+        for (i, value) in crate::support::yaml_documents(&text).into_iter().enumerate() {
+            docs.push((format!("{}#{i}", f.file_name().unwrap_or_default().to_string_lossy()), value));
         }
     }
     docs

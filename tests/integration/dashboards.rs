@@ -5,7 +5,6 @@
 //! return data; every metric a query names must be one the binaries export.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -23,21 +22,12 @@ const WAIT: Duration = Duration::from_secs(90);
 const MAY_BE_EMPTY: &[(&str, &str)] = &[];
 
 fn dashboards() -> Vec<(String, Value)> {
-    let dir = cluster::repo_root().join("dashboards");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("dashboards/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
+    crate::support::files_with_extension(&cluster::repo_root().join("dashboards"), "json")
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).expect("read");
-            (
-                p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
-                serde_json::from_str(&text).expect("JSON"),
-            )
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            (name, serde_json::from_str(&text).expect("JSON"))
         })
         .collect()
 }

@@ -186,6 +186,27 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The documents of a multi-document YAML text, as JSON values (empty documents left out).
+pub fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
+    serde_norway::Deserializer::from_str(text)
+        .filter_map(|doc| {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).expect("a YAML document");
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+/// The files in `dir` ending in `.<extension>`, sorted.
+pub fn files_with_extension(dir: &std::path::Path, extension: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The ServiceAccounts the chart's RBAC binds, in the namespace the chart is "installed" in.
 const CHART_NAMESPACE: &str = "kruise-system";
 
@@ -239,12 +260,7 @@ mod chart_rbac {
             ]),
             None,
         );
-        serde_norway::Deserializer::from_str(&yaml)
-            .filter_map(|d| {
-                let v: serde_json::Value = serde::Deserialize::deserialize(d).expect("YAML");
-                (!v.is_null()).then_some(v)
-            })
-            .collect()
+        super::yaml_documents(&yaml)
     }
 
     fn apply(cp: &ControlPlane, objects: &[serde_json::Value]) {
