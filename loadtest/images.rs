@@ -22,6 +22,7 @@ use kruise::api::nodeimage::NodeImage;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
+use crate::report::{Process, Report, Series, Table};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -48,6 +49,9 @@ pub struct ImagesArgs {
     timeout_secs: u64,
     #[arg(long)]
     manager_bin: Option<std::path::PathBuf>,
+    /// Where images.json and images.md go.
+    #[arg(long, default_value = "target/loadtest")]
+    out: std::path::PathBuf,
 }
 
 const NAMESPACE: &str = "images-bench";
@@ -153,6 +157,15 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         }
         (manager_writes, scrape(&daemon_addr).await.sum("kruise_writer_requests_total", ""))
     };
+    let parameters = [
+        ("nodes", json!(args.nodes)),
+        ("parallelism", json!(args.parallelism)),
+        ("pull_ms", json!(args.pull_ms)),
+        ("replicas", json!(args.replicas)),
+        ("kube_api_qps", json!(args.kube_api_qps)),
+        ("daemon_flags", json!(args.daemon_flag)),
+    ];
+    let mut report = Report::new("images", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
     let jobs: Api<ImagePullJob> = Api::namespaced(client.clone(), NAMESPACE);
     let pull_secs = args.pull_ms as f64 / 1000.0;
     let mut runs = Vec::new();
@@ -173,8 +186,13 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         dynamic.create(&PostParams::default(), &serde_json::from_value(job)?).await?;
         let mut last_report = Instant::now();
         let mut status = None;
+        let mut progress = Series { name: format!("nodes succeeded, parallelism {p}"), points: Vec::new() };
         wait_for(&format!("job {name} to complete"), timeout, async || {
             status = jobs.get_opt(&name).await.ok().flatten().and_then(|j| j.status);
+            let t = started.elapsed().as_secs_f64();
+            if progress.points.last().is_none_or(|(last, _)| t - last >= 1.0) {
+                progress.points.push((t, f64::from(status.as_ref().map_or(0, |s| s.succeeded))));
+            }
             if last_report.elapsed() > Duration::from_secs(10) {
                 last_report = Instant::now();
                 let s = status.clone().unwrap_or_default();
@@ -194,6 +212,9 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         let (m1, d1) = writes().await;
         let load1 = crate::ApiServerLoad::read(&client).await;
         load1.report(&load0, &format!("parallelism {p}"), seconds, 8);
+        report.add_requests(&format!("parallelism {p}"), seconds, &load1, &load0);
+        progress.points.push((seconds, f64::from(status.as_ref().map_or(0, |s| s.succeeded))));
+        report.series.push(progress);
         let requests: f64 = load1.since(&load0).iter().filter(|r| r.0 != "WATCH").map(|r| r.2).sum();
         let s = status.unwrap_or_default();
         let most_pulling = pulling.lock().ok().and_then(|p| p.most.get(&tag).copied()).unwrap_or(0);
@@ -226,26 +247,51 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         daemon_figures.0,
         manager_figures.iter().map(|(rss, cpu)| format!("{cpu:.1} s / {rss:.0} MiB")).collect::<Vec<_>>().join(", ")
     );
-    println!(
-        "\n| nodes | parallelism | complete s | ideal s | ratio | overhead per step s | most pulling at once | succeeded | manager writes | daemon writes | API requests (excl. watches) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in &runs {
-        let steps = args.nodes.div_ceil(r.parallelism.max(1)) as f64;
-        println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {:.0} |",
-            args.nodes,
-            r.parallelism,
-            r.seconds,
-            r.ideal,
-            r.seconds / r.ideal,
-            (r.seconds - r.ideal) / steps,
-            r.most_pulling,
-            r.succeeded,
-            r.manager_writes,
-            r.daemon_writes,
-            r.requests
-        );
+    let columns = [
+        "nodes",
+        "parallelism",
+        "complete s",
+        "ideal s",
+        "ratio",
+        "overhead per step s",
+        "most pulling at once",
+        "succeeded",
+        "manager writes",
+        "daemon writes",
+        "API requests (excl. watches)",
+    ];
+    let rows = runs
+        .iter()
+        .map(|r| {
+            let steps = args.nodes.div_ceil(r.parallelism.max(1)) as f64;
+            vec![
+                json!(args.nodes),
+                json!(r.parallelism),
+                json!(r.seconds),
+                json!(r.ideal),
+                json!(r.seconds / r.ideal),
+                json!((r.seconds - r.ideal) / steps),
+                json!(r.most_pulling),
+                json!(r.succeeded),
+                json!(r.manager_writes),
+                json!(r.daemon_writes),
+                json!(r.requests),
+            ]
+        })
+        .collect();
+    report.tables.push(Table {
+        title: "One image onto every node, per parallelism".into(),
+        columns: columns.map(String::from).to_vec(),
+        rows,
+    });
+    report.processes.push(Process {
+        name: "kruise-daemon".into(),
+        cpu_seconds: daemon_figures.1,
+        peak_rss_mib: daemon_figures.0,
+    });
+    for (i, (rss, cpu)) in manager_figures.iter().enumerate() {
+        report.processes.push(Process { name: format!("kruise-manager {i}"), cpu_seconds: *cpu, peak_rss_mib: *rss });
     }
-    Ok(())
+    print!("\n{}", report.markdown());
+    report.write(&args.out)
 }

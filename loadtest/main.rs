@@ -31,6 +31,7 @@ use kube::{Api, Client};
 mod admission;
 mod images;
 mod probes;
+mod report;
 mod rollout;
 
 use cluster::process::{Component, http_get};

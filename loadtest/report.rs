@@ -1,0 +1,160 @@
+//! A benchmark's result as data: written as JSON (for tools and comparisons between runs) and as
+//! a Markdown report, next to each other in `--out`. Figures carry the machine they came from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+
+/// One table of results: columns in order, one row per configuration measured.
+#[derive(Serialize, Default)]
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// API server requests of one phase, by verb and resource (WATCH: streams opened).
+#[derive(Serialize)]
+pub struct Requests {
+    pub phase: String,
+    pub seconds: f64,
+    pub by_request: Vec<RequestCount>,
+}
+
+#[derive(Serialize)]
+pub struct RequestCount {
+    pub verb: String,
+    pub resource: String,
+    pub count: f64,
+    pub server_seconds: f64,
+}
+
+/// CPU time and peak RSS of one process over the run.
+#[derive(Serialize)]
+pub struct Process {
+    pub name: String,
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// A value over time (seconds since the phase began), e.g. progress.
+#[derive(Serialize)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub command: String,
+    pub machine: String,
+    pub finished_at: String,
+    pub parameters: BTreeMap<String, Value>,
+    pub tables: Vec<Table>,
+    pub requests: Vec<Requests>,
+    pub processes: Vec<Process>,
+    pub series: Vec<Series>,
+}
+
+impl Report {
+    pub fn new(scenario: &str, parameters: BTreeMap<String, Value>) -> Self {
+        Report {
+            scenario: scenario.to_string(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            machine: crate::machine(),
+            finished_at: String::new(),
+            parameters,
+            tables: Vec::new(),
+            requests: Vec::new(),
+            processes: Vec::new(),
+            series: Vec::new(),
+        }
+    }
+
+    /// The requests of a phase from two readings of the API server's metrics.
+    pub fn add_requests(
+        &mut self,
+        phase: &str,
+        seconds: f64,
+        after: &crate::ApiServerLoad,
+        before: &crate::ApiServerLoad,
+    ) {
+        let by_request = after
+            .since(before)
+            .into_iter()
+            .map(|(verb, resource, count, server_seconds)| RequestCount { verb, resource, count, server_seconds })
+            .collect();
+        self.requests.push(Requests { phase: phase.to_string(), seconds, by_request });
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = format!("# kruise-loadtest {}\n\n", self.scenario);
+        md +=
+            &format!("- command: `{}`\n- machine: {}\n- finished: {}\n", self.command, self.machine, self.finished_at);
+        for (k, v) in &self.parameters {
+            md += &format!("- {k}: {v}\n");
+        }
+        for t in &self.tables {
+            md += &format!("\n## {}\n\n| {} |\n|{}\n", t.title, t.columns.join(" | "), "---|".repeat(t.columns.len()));
+            for r in &t.rows {
+                let cells: Vec<String> = r.iter().map(cell).collect();
+                md += &format!("| {} |\n", cells.join(" | "));
+            }
+        }
+        if !self.processes.is_empty() {
+            md += "\n## Processes\n\n| process | CPU s | peak RSS MiB |\n|---|---|---|\n";
+            for p in &self.processes {
+                md += &format!("| {} | {:.1} | {:.0} |\n", p.name, p.cpu_seconds, p.peak_rss_mib);
+            }
+        }
+        for r in &self.requests {
+            let total: f64 = r.by_request.iter().filter(|c| c.verb != "WATCH").map(|c| c.count).sum();
+            md += &format!(
+                "\n## API server requests: {} ({total:.0} in {:.1} s, {:.0}/s; busiest first)\n\n| verb | resource | requests | per s | server s |\n|---|---|---|---|---|\n",
+                r.phase,
+                r.seconds,
+                total / r.seconds.max(0.001)
+            );
+            for c in r.by_request.iter().take(12) {
+                md += &format!(
+                    "| {} | {} | {:.0} | {:.1} | {:.1} |\n",
+                    c.verb,
+                    c.resource,
+                    c.count,
+                    c.count / r.seconds.max(0.001),
+                    c.server_seconds
+                );
+            }
+        }
+        md
+    }
+
+    /// Writes `<dir>/<scenario>.json` and `<dir>/<scenario>.md`.
+    pub fn write(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.finished_at = jiff::Timestamp::now().to_string();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = dir.join(format!("{}.json", self.scenario));
+        std::fs::write(&json, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        let md = dir.join(format!("{}.md", self.scenario));
+        std::fs::write(&md, self.markdown()).with_context(|| format!("writing {}", md.display()))?;
+        println!("wrote {} and {}", json.display(), md.display());
+        Ok(())
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() != 0.0 => format!("{f:.2}"),
+            Some(f) if n.is_f64() => format!("{f:.0}"),
+            _ => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
