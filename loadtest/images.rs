@@ -190,7 +190,7 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         wait_for(&format!("job {name} to complete"), timeout, async || {
             status = jobs.get_opt(&name).await.ok().flatten().and_then(|j| j.status);
             let t = started.elapsed().as_secs_f64();
-            if progress.points.last().is_none_or(|(last, _)| t - last >= 1.0) {
+            if progress.points.last().is_none_or(|(last, _)| t - last >= 0.2) {
                 progress.points.push((t, f64::from(status.as_ref().map_or(0, |s| s.succeeded))));
             }
             if last_report.elapsed() > Duration::from_secs(10) {

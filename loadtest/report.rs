@@ -40,6 +40,25 @@ pub struct Process {
     pub peak_rss_mib: f64,
 }
 
+/// Latencies of one kind (seconds), summarised as percentiles and drawn as a histogram.
+#[derive(Serialize)]
+pub struct Latencies {
+    pub name: String,
+    pub seconds: Vec<f64>,
+}
+
+impl Latencies {
+    /// The `p` quantile (0..1), nearest rank; NaN when empty.
+    pub fn quantile(&self, p: f64) -> f64 {
+        let mut v = self.seconds.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[(((v.len() - 1) as f64) * p).round() as usize]
+    }
+}
+
 /// A value over time (seconds since the phase began), e.g. progress.
 #[derive(Serialize)]
 pub struct Series {
@@ -58,6 +77,9 @@ pub struct Report {
     pub requests: Vec<Requests>,
     pub processes: Vec<Process>,
     pub series: Vec<Series>,
+    pub latencies: Vec<Latencies>,
+    /// The PNG plots drawn from the series and latencies (file names next to the report).
+    pub plots: Vec<String>,
 }
 
 impl Report {
@@ -72,6 +94,8 @@ impl Report {
             requests: Vec::new(),
             processes: Vec::new(),
             series: Vec::new(),
+            latencies: Vec::new(),
+            plots: Vec::new(),
         }
     }
 
@@ -104,6 +128,23 @@ impl Report {
                 let cells: Vec<String> = r.iter().map(cell).collect();
                 md += &format!("| {} |\n", cells.join(" | "));
             }
+        }
+        if !self.latencies.is_empty() {
+            md += "\n## Latencies\n\n| what | count | p50 s | p90 s | p99 s | max s |\n|---|---|---|---|---|---|\n";
+            for l in &self.latencies {
+                md += &format!(
+                    "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                    l.name,
+                    l.seconds.len(),
+                    l.quantile(0.5),
+                    l.quantile(0.9),
+                    l.quantile(0.99),
+                    l.quantile(1.0)
+                );
+            }
+        }
+        for p in &self.plots {
+            md += &format!("\n![{p}]({p})\n");
         }
         if !self.processes.is_empty() {
             md += "\n## Processes\n\n| process | CPU s | peak RSS MiB |\n|---|---|---|\n";
@@ -140,6 +181,7 @@ impl Report {
         let json = dir.join(format!("{}.json", self.scenario));
         std::fs::write(&json, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", json.display()))?;
+        self.plots = draw_plots(&json);
         let md = dir.join(format!("{}.md", self.scenario));
         std::fs::write(&md, self.markdown()).with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {} and {}", json.display(), md.display());
@@ -156,5 +198,26 @@ fn cell(v: &Value) -> String {
         },
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// Runs loadtest/plot.py on the result (Debian's python3, which has python3-matplotlib); the
+/// plots' file names, or none (with a note) when it cannot run.
+fn draw_plots(json: &Path) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/plot.py");
+    let python = ["/usr/bin/python3", "python3"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("python3");
+    match std::process::Command::new(python).arg(&script).arg(json).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| Path::new(l).file_name().map(|f| f.to_string_lossy().into_owned()))
+            .collect(),
+        Ok(out) => {
+            println!("no plots: {} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
+            Vec::new()
+        }
+        Err(e) => {
+            println!("no plots: cannot run {python}: {e}");
+            Vec::new()
+        }
     }
 }

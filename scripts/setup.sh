@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need, idempotently: a second run does nothing.
 #   - Debian packages: protobuf-compiler (the CRI protocol crate needs protoc), curl, python3,
-#     prometheus (the dashboard test)
+#     prometheus (the dashboard test), python3-matplotlib (the load test's plots)
 #   - Rust with rustfmt and clippy (rustup toolchain from the machine)
 #   - Go >= 1.26 (to build the control-plane binaries); if the machine's Go is missing or older,
 #     the matching toolchain module is fetched from the Go module proxy
@@ -17,6 +17,8 @@ command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 command -v python3 >/dev/null || need_apt+=(python3)
 # The dashboard test runs every panel query against a real Prometheus.
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# kruise-loadtest draws its plots with Debian's python3 and matplotlib (loadtest/plot.py).
+/usr/bin/python3 -c "import matplotlib" 2>/dev/null || need_apt+=(python3-matplotlib)
 if ((${#need_apt[@]})); then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
