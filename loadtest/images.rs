@@ -1,4 +1,4 @@
-//! `kruise-loadtest images`: one image pre-downloaded onto many kwok nodes by an ImagePullJob,
+//! `kruise-loadtest image-pull-fanout` (alias `images`): one image pre-downloaded onto many kwok nodes by an ImagePullJob,
 //! for several parallelism settings, with kruise-daemon in simulated mode pulling for every node
 //! (each pull takes `--pull-ms`).
 //!
@@ -49,7 +49,7 @@ pub struct ImagesArgs {
     timeout_secs: u64,
     #[arg(long)]
     manager_bin: Option<std::path::PathBuf>,
-    /// Where images.json and images.md go.
+    /// Where image-pull-fanout.json, .md and the plots go.
     #[arg(long, default_value = "target/loadtest")]
     out: std::path::PathBuf,
 }
@@ -165,7 +165,8 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         ("kube_api_qps", json!(args.kube_api_qps)),
         ("daemon_flags", json!(args.daemon_flag)),
     ];
-    let mut report = Report::new("images", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let mut report =
+        Report::new("image-pull-fanout", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
     let jobs: Api<ImagePullJob> = Api::namespaced(client.clone(), NAMESPACE);
     let pull_secs = args.pull_ms as f64 / 1000.0;
     let mut runs = Vec::new();
@@ -292,6 +293,7 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
     for (i, (rss, cpu)) in manager_figures.iter().enumerate() {
         report.processes.push(Process { name: format!("kruise-manager {i}"), cpu_seconds: *cpu, peak_rss_mib: *rss });
     }
+    report.write(&args.out)?;
     print!("\n{}", report.markdown());
-    report.write(&args.out)
+    Ok(())
 }

@@ -52,17 +52,21 @@ enum Cmd {
     Shards(ShardsArgs),
     /// Pod-create latency through the API server with the sidecar-injecting pod webhook, for
     /// several numbers of matching SidecarSets, and the webhook's own handling time.
+    #[command(name = "pod-create-with-injection", alias = "admission")]
     Admission(admission::AdmissionArgs),
     /// The pod webhook's decision (injection + JSON patch) timed in process, without a cluster.
     Injection(admission::InjectionArgs),
     /// A SidecarSet image change rolled out in place over many pods on kwok nodes, against the
     /// API server's own pod-patch throughput.
+    #[command(name = "sidecarset-rollout", alias = "rollout")]
     Rollout(rollout::RolloutArgs),
     /// PodProbeMarker at scale: simulated kruise-daemon probing many kwok nodes' pods; marking
     /// latency from an outcome change, write rates, CPU and memory.
+    #[command(name = "probe-marker-churn", alias = "probes")]
     Probes(probes::ProbesArgs),
     /// Image pre-download: one ImagePullJob onto many kwok nodes per parallelism setting, with
     /// simulated kruise-daemon pulls; time against the ideal, concurrency, API requests.
+    #[command(name = "image-pull-fanout", alias = "images")]
     Images(images::ImagesArgs),
 }
 

@@ -1,4 +1,4 @@
-//! `kruise-loadtest rollout`: a SidecarSet image change rolled out in place over many pods on kwok
+//! `kruise-loadtest sidecarset-rollout` (alias `rollout`): a SidecarSet image change rolled out in place over many pods on kwok
 //! nodes, measured against the API server's own pod-patch throughput in the same cluster.
 //!
 //! For each pod count: a fresh control plane with kwok nodes (kwok's `container-image-update`
@@ -17,6 +17,7 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::report::{Process, Report, Series, Table};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -46,6 +47,9 @@ pub struct RolloutArgs {
     timeout_secs: u64,
     #[arg(long)]
     manager_bin: Option<std::path::PathBuf>,
+    /// Where sidecarset-rollout.json, .md and the plots go.
+    #[arg(long, default_value = "target/loadtest")]
+    out: std::path::PathBuf,
 }
 
 /// Namespace names that spread over shards: FNV-1a's top bits barely move when only the end of a
@@ -84,6 +88,8 @@ struct Figures {
     peak_rss_mib: Vec<f64>,
     cpu_secs: Vec<f64>,
     apiserver_cpu: f64,
+    /// When each tenth of the pods was updated and ready again (s after the image change).
+    tenths: Vec<f64>,
 }
 
 pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
@@ -97,27 +103,67 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     for &pods in &args.pods {
         results.push(measure(&args, &manager, pods).await?);
     }
-    println!(
-        "\n| pods | create s | all ready (kwok) s | baseline: patch every pod once, s | patches/s | rollout s | rollout ÷ baseline | pod writes/pod | other writes | peak RSS MiB per replica | CPU s per replica | apiserver CPU s |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let parameters = [
+        ("pods", json!(args.pods)),
+        ("namespaces", json!(args.namespaces)),
+        ("replicas", json!(args.replicas)),
+        ("max_unavailable", json!(args.max_unavailable)),
+        ("nodes", json!(args.nodes)),
+        ("kube_api_qps", json!(args.kube_api_qps)),
+    ];
+    let mut report =
+        Report::new("sidecarset-rollout", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let columns = [
+        "pods",
+        "create s",
+        "all ready (kwok) s",
+        "baseline: patch every pod once, s",
+        "patches/s",
+        "rollout s",
+        "rollout ÷ baseline",
+        "pod writes/pod",
+        "other writes",
+        "peak RSS MiB per replica",
+        "CPU s per replica",
+        "apiserver CPU s",
+    ];
+    let rows = results
+        .iter()
+        .map(|f| {
+            vec![
+                json!(f.pods),
+                json!(f.create_secs),
+                json!(f.ready_secs),
+                json!(f.baseline_secs),
+                json!(f.pods as f64 / f.baseline_secs),
+                json!(f.rollout_secs),
+                json!(f.rollout_secs / f.baseline_secs),
+                json!(f.pod_writes / f.pods as f64),
+                json!(f.other_writes),
+                json!(f.peak_rss_mib.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join("/")),
+                json!(f.cpu_secs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join("/")),
+                json!(f.apiserver_cpu),
+            ]
+        })
+        .collect();
+    report.tables.push(Table {
+        title: "In-place SidecarSet rollout against a plain patch loop".into(),
+        columns: columns.map(String::from).to_vec(),
+        rows,
+    });
     for f in &results {
-        println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} |",
-            f.pods,
-            f.create_secs,
-            f.ready_secs,
-            f.baseline_secs,
-            f.pods as f64 / f.baseline_secs,
-            f.rollout_secs,
-            f.rollout_secs / f.baseline_secs,
-            f.pod_writes / f.pods as f64,
-            f.other_writes,
-            f.peak_rss_mib.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join("/"),
-            f.cpu_secs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join("/"),
-            f.apiserver_cpu,
-        );
+        let points = f.tenths.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64 * 10.0)).collect();
+        report.series.push(Series { name: format!("% updated and ready, {} pods", f.pods), points });
+        for (i, (rss, cpu)) in f.peak_rss_mib.iter().zip(&f.cpu_secs).enumerate() {
+            report.processes.push(Process {
+                name: format!("kruise-manager {i} ({} pods)", f.pods),
+                cpu_seconds: *cpu,
+                peak_rss_mib: *rss,
+            });
+        }
     }
+    report.write(&args.out)?;
+    print!("\n{}", report.markdown());
     Ok(())
 }
 
@@ -239,6 +285,7 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
         peak_rss_mib: figures.iter().map(|f| f.0).collect(),
         cpu_secs: figures.iter().map(|f| f.1).collect(),
         apiserver_cpu,
+        tenths,
     };
     println!(
         "\n{} pods: created in {:.1}s, all ready {:.1}s later; baseline {:.1}s; rollout {:.1}s ({:.2}× baseline), {:.2} pod writes per pod",
