@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
+use crate::report::percentile;
 use crate::{Scrape, machine, scrape, wait_for};
 
 /// How long the benchmark waits for its cluster to get where it needs.
@@ -70,14 +71,6 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         .collect();
     let total = delta.last().map(|(_, c)| *c).unwrap_or(0.0);
     delta.iter().find(|(_, c)| *c >= q * total).map(|(b, _)| *b).unwrap_or(f64::NAN)
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn webhook_port(log: &std::path::Path) -> anyhow::Result<u16> {

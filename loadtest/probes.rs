@@ -1,4 +1,4 @@
-//! `kruise-loadtest probes`: PodProbeMarker at scale. Many kwok nodes and pods, one marker per
+//! `kruise-loadtest probe-marker-churn` (alias `probes`): PodProbeMarker at scale. Many kwok nodes and pods, one marker per
 //! namespace with several exec probes per pod, kruise-daemon in simulated mode running every
 //! probe, kruise-manager replicas fanning out and marking.
 //!
@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
+use crate::report::{Latencies, Process, Report, Series, Table, percentile};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -55,6 +56,9 @@ pub struct ProbesArgs {
     timeout_secs: u64,
     #[arg(long)]
     manager_bin: Option<std::path::PathBuf>,
+    /// Where probe-marker-churn.json, .md and the plots go.
+    #[arg(long, default_value = "target/loadtest")]
+    out: std::path::PathBuf,
 }
 
 const IDLE_LABEL: &str = "bench-idle";
@@ -102,14 +106,6 @@ fn marker(probes: usize, period: i32) -> serde_json::Value {
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Pods' idle labels as a watch sees them, with when each last changed.
 #[derive(Default)]
 struct Marks {
@@ -154,6 +150,18 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     );
     println!("machine: {}; manager: {}", machine(), manager.display());
     let timeout = Duration::from_secs(args.timeout_secs);
+    let parameters = [
+        ("nodes", json!(args.nodes)),
+        ("pods", json!(args.pods)),
+        ("namespaces", json!(args.namespaces)),
+        ("probes_per_pod", json!(args.probes)),
+        ("period_secs", json!(args.period_secs)),
+        ("replicas", json!(args.replicas)),
+        ("flips", json!(args.flips)),
+        ("steady_secs", json!(args.steady_secs)),
+    ];
+    let mut report =
+        Report::new("probe-marker-churn", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
     let (cp, client) = crate::webhook_control_plane("probes", args.nodes, Duration::from_secs(600)).await?;
 
     let extra = [
@@ -218,8 +226,13 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     // Progress every 10 s. (Counting the daemon's states here would mean listing every
     // NodePodProbe, which at 1000 nodes costs the API server more than the run itself.)
     let mut last_report = Instant::now();
+    let mut progress = Series { name: "pods marked".into(), points: Vec::new() };
     wait_for("every pod marked idle", timeout, async || {
         let marked = marks.lock().map(|m| marked_true(&m)).unwrap_or(0);
+        let t = started.elapsed().as_secs_f64();
+        if progress.points.last().is_none_or(|(last, _)| t - last >= 0.5) {
+            progress.points.push((t, marked as f64));
+        }
         if last_report.elapsed() > Duration::from_secs(10) {
             last_report = Instant::now();
             println!("  {:.0} s: {marked} of {} pods marked", started.elapsed().as_secs_f64(), args.pods);
@@ -228,9 +241,12 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     })
     .await?;
     let first_marks_secs = started.elapsed().as_secs_f64();
+    progress.points.push((first_marks_secs, args.pods as f64));
+    report.series.push(progress);
     println!("every pod marked {first_marks_secs:.1} s after the markers were created");
     let load_marked = crate::ApiServerLoad::read(&client).await;
     load_marked.report(&load_before_markers, "until every pod was marked", first_marks_secs, 12);
+    report.add_requests("until every pod was marked", first_marks_secs, &load_marked, &load_before_markers);
 
     // Steady state: every probe running at its period, nothing changing.
     let writes = async || {
@@ -250,6 +266,7 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     let secs = args.steady_secs as f64;
     let load_steady = crate::ApiServerLoad::read(&client).await;
     load_steady.report(&load_marked, "steady state", secs, 8);
+    report.add_requests("steady state", secs, &load_steady, &load_marked);
     let (steady_daemon_writes, steady_manager_writes) = ((d1 - d0) / secs, (m1 - m0) / secs);
     let daemon_cpu_steady = (cpu(daemon_process.pid()) - daemon_cpu0) / secs;
     let manager_cpu_steady: Vec<f64> =
@@ -282,7 +299,9 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     })
     .await?;
     let flip_secs = flip_started.elapsed().as_secs_f64();
-    crate::ApiServerLoad::read(&client).await.report(&load_steady, "flips", flip_secs, 8);
+    let load_flips = crate::ApiServerLoad::read(&client).await;
+    load_flips.report(&load_steady, "flips", flip_secs, 8);
+    report.add_requests("flips", flip_secs, &load_flips, &load_steady);
     let (m1, d1, _) = writes().await;
     let mut latencies: Vec<f64> = {
         let m = marks.lock().map_err(|_| anyhow::anyhow!("marks poisoned"))?;
@@ -312,30 +331,53 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
 
     let daemon_figures = process_figures(daemon_process.pid());
     let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
-    println!(
-        "\n| nodes | pods | probes/pod | period s | pods created s | kwok started them s | all marked s | steady daemon writes/s | steady manager writes/s | flip→marked p50 s | p99 s | max s | flip-phase writes (daemon/manager) | daemon CPU s / peak RSS MiB | manager CPU s / peak RSS MiB per replica |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0} in {:.1} s | {:.1} / {:.0} | {} |",
-        args.nodes,
-        args.pods,
-        args.probes,
-        args.period_secs,
-        create_secs,
-        kwok_secs,
-        first_marks_secs,
-        steady_daemon_writes,
-        steady_manager_writes,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(f64::NAN),
-        d1 - d0,
-        m1 - m0,
-        flip_secs,
-        daemon_figures.1,
-        daemon_figures.0,
-        manager_figures.iter().map(|(rss, cpu)| format!("{cpu:.1} / {rss:.0}")).collect::<Vec<_>>().join(", ")
-    );
+    let columns = [
+        "nodes",
+        "pods",
+        "probes/pod",
+        "period s",
+        "pods created s",
+        "kwok started them s",
+        "all marked s",
+        "steady daemon writes/s",
+        "steady manager writes/s",
+        "flip→marked p50 s",
+        "p99 s",
+        "max s",
+        "flip-phase writes (daemon/manager)",
+        "flip phase s",
+    ];
+    let row = vec![
+        json!(args.nodes),
+        json!(args.pods),
+        json!(args.probes),
+        json!(args.period_secs),
+        json!(create_secs),
+        json!(kwok_secs),
+        json!(first_marks_secs),
+        json!(steady_daemon_writes),
+        json!(steady_manager_writes),
+        json!(percentile(&latencies, 0.5)),
+        json!(percentile(&latencies, 0.99)),
+        json!(latencies.last().copied().unwrap_or(f64::NAN)),
+        json!(format!("{:.0}/{:.0}", d1 - d0, m1 - m0)),
+        json!(flip_secs),
+    ];
+    report.tables.push(Table {
+        title: "Probe marking at scale".into(),
+        columns: columns.map(String::from).to_vec(),
+        rows: vec![row],
+    });
+    report.latencies.push(Latencies { name: "probe outcome change → pod marked".into(), seconds: latencies.clone() });
+    report.processes.push(Process {
+        name: "kruise-daemon".into(),
+        cpu_seconds: daemon_figures.1,
+        peak_rss_mib: daemon_figures.0,
+    });
+    for (i, (rss, cpu)) in manager_figures.iter().enumerate() {
+        report.processes.push(Process { name: format!("kruise-manager {i}"), cpu_seconds: *cpu, peak_rss_mib: *rss });
+    }
+    report.write(&args.out)?;
+    print!("\n{}", report.markdown());
     Ok(())
 }

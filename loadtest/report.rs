@@ -48,15 +48,21 @@ pub struct Latencies {
 }
 
 impl Latencies {
-    /// The `p` quantile (0..1), nearest rank; NaN when empty.
-    pub fn quantile(&self, p: f64) -> f64 {
+    /// The `q` quantile (0..1).
+    pub fn quantile(&self, q: f64) -> f64 {
         let mut v = self.seconds.clone();
         v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v[(((v.len() - 1) as f64) * p).round() as usize]
+        percentile(&v, q)
     }
+}
+
+/// The `q` quantile (0..1) of sorted values, nearest rank; NaN when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// A value over time (seconds since the phase began), e.g. progress.
