@@ -1,4 +1,4 @@
-//! `kruise-loadtest admission`: pod-create latency through the real API server with the pod
+//! `kruise-loadtest pod-create-with-injection` (alias `admission`): pod-create latency through the real API server with the pod
 //! webhook installed and 0, 1 or 10 SidecarSets selecting the pods, at a sustained create rate;
 //! plus the webhook's own handling time from its histogram.
 
@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::report::percentile;
+use crate::report::{Latencies, Process, Report, Table, percentile};
 use crate::{Scrape, machine, scrape, wait_for};
 
 /// How long the benchmark waits for its cluster to get where it needs.
@@ -35,6 +35,9 @@ pub struct AdmissionArgs {
     /// The kruise-manager to run; by default the one next to this binary.
     #[arg(long)]
     manager_bin: Option<PathBuf>,
+    /// Where pod-create-with-injection.json, .md and the plots go.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
 }
 
 const PATH: &str = "/mutate-pod";
@@ -116,6 +119,26 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         "\n| SidecarSets matching | pods | create p50 ms | create p99 ms | handler mean ms | handler p50 ≤ ms | handler p99 ≤ ms |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let parameters =
+        [("pods", json!(args.pods)), ("rate_per_s", json!(args.rate)), ("sidecarsets", json!(args.sidecarsets))];
+    let mut report =
+        Report::new("pod-create-with-injection", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let mut table = Table {
+        title: "Pod creation through the sidecar-injecting webhook".into(),
+        columns: [
+            "SidecarSets matching",
+            "pods",
+            "create p50 ms",
+            "create p90 ms",
+            "create p99 ms",
+            "handler mean ms",
+            "handler p50 ≤ ms",
+            "handler p99 ≤ ms",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: Vec::new(),
+    };
     let sets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::sidecarsets());
     for (round, n) in args.sidecarsets.iter().enumerate() {
         let _ = sets.delete_collection(&DeleteParams::default(), &Default::default()).await;
@@ -174,10 +197,27 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
             bucket_quantile(&before.0, &after.0, 0.5) * 1000.0,
             bucket_quantile(&before.0, &after.0, 0.99) * 1000.0,
         );
+        table.rows.push(vec![
+            json!(n),
+            json!(args.pods),
+            json!(percentile(&latencies, 0.5)),
+            json!(percentile(&latencies, 0.9)),
+            json!(percentile(&latencies, 0.99)),
+            json!(mean_ms),
+            json!(bucket_quantile(&before.0, &after.0, 0.5) * 1000.0),
+            json!(bucket_quantile(&before.0, &after.0, 0.99) * 1000.0),
+        ]);
+        report.latencies.push(Latencies {
+            name: format!("pod create, {n} SidecarSets"),
+            seconds: latencies.iter().map(|ms| ms / 1000.0).collect(),
+        });
         let _ = Api::<Namespace>::all(client.clone()).delete(&namespace, &DeleteParams::background()).await;
     }
+    let (rss, cpu) = crate::process_figures(process.pid());
+    report.processes.push(Process { name: "kruise-manager".into(), cpu_seconds: cpu, peak_rss_mib: rss });
     process.stop(Duration::from_secs(10));
-    Ok(())
+    report.tables.push(table);
+    report.write(&args.out)
 }
 
 #[derive(clap::Args, Clone)]
