@@ -29,6 +29,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 mod admission;
+mod failover;
 mod images;
 mod probes;
 mod report;
@@ -68,6 +69,10 @@ enum Cmd {
     /// simulated kruise-daemon pulls; time against the ideal, concurrency, API requests.
     #[command(name = "image-pull-fanout", alias = "images")]
     Images(images::ImagesArgs),
+    /// A manager replica leaving (SIGTERM, then another by SIGKILL): how long the work in its
+    /// shards stands still, and when the survivors hold every shard again.
+    #[command(name = "replica-failover")]
+    Failover(failover::FailoverArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -142,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Rollout(args) => rollout::rollout(args).await,
         Cmd::Probes(args) => probes::probes(args).await,
         Cmd::Images(args) => images::images(args).await,
+        Cmd::Failover(args) => failover::failover(args).await,
     }
 }
 
