@@ -27,11 +27,11 @@ KRUISE_TEST_FEATURE_GATES=ShardedListAndWatch=false cargo test --locked --test i
 step "integration tests again, as the chart's ServiceAccounts"
 KRUISE_TEST_RBAC=chart cargo test --locked --test integration
 # Every load-test scenario once at a small size, so the harness itself keeps working; the
-# reports land in target/loadtest-ci (figures from a debug build: not benchmarks).
+# reports land in <cargo target dir>/loadtest-ci (figures from a debug build: not benchmarks).
 step "load-test scenarios at small size"
 cargo build --locked --bins
-lt=target/debug/kruise-loadtest
-out=target/loadtest-ci
+lt="${CARGO_TARGET_DIR:-target}/debug/kruise-loadtest"
+out="${CARGO_TARGET_DIR:-target}/loadtest-ci"
 $lt sidecarset-rollout --pods 100 --namespaces 5 --nodes 5 --replicas 2 --out "$out" >/dev/null
 $lt pod-create-with-injection --pods 50 --rate 20 --sidecarsets 0,2 --out "$out" >/dev/null
 $lt probe-marker-churn --nodes 10 --pods 100 --namespaces 2 --replicas 2 --flips 20 --steady-secs 10 --period-secs 2 --out "$out" >/dev/null
