@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::report::{Latencies, Process, Report, Table, percentile};
+use crate::report::{Latencies, Report, Table, percentile};
 use crate::{Scrape, machine, scrape, wait_for};
 
 /// How long the benchmark waits for its cluster to get where it needs.
@@ -213,11 +213,10 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         });
         let _ = Api::<Namespace>::all(client.clone()).delete(&namespace, &DeleteParams::background()).await;
     }
-    let (rss, cpu) = crate::process_figures(process.pid());
-    report.processes.push(Process { name: "kruise-manager".into(), cpu_seconds: cpu, peak_rss_mib: rss });
+    report.add_process("kruise-manager", crate::process_figures(process.pid()));
     process.stop(Duration::from_secs(10));
     report.tables.push(table);
-    report.write(&args.out)
+    report.finish(&args.out)
 }
 
 #[derive(clap::Args, Clone)]

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use kruise::controllers::demo::{DEMO_LABEL, RECONCILED_BY};
 
-use crate::report::{Latencies, Process, Report, Table, percentile};
+use crate::report::{Latencies, Report, Table, percentile};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -158,12 +158,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     report.latencies.push(Latencies { name: "no departure".into(), seconds: baseline });
     for (round, (how, graceful)) in [("SIGTERM (graceful)", true), ("SIGKILL (crash)", false)].into_iter().enumerate() {
         let (_, mut leaving) = replicas.remove(0);
-        let figures = process_figures(leaving.pid());
-        report.processes.push(Process {
-            name: format!("kruise-manager stopped by {how}"),
-            cpu_seconds: figures.1,
-            peak_rss_mib: figures.0,
-        });
+        report.add_process(format!("kruise-manager stopped by {how}"), process_figures(leaving.pid()));
         let load0 = crate::ApiServerLoad::read(&client).await;
         let left = Instant::now();
         if graceful {
@@ -207,15 +202,8 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         report.latencies.push(Latencies { name: format!("after {how}"), seconds: latencies });
     }
     for (addr, p) in &replicas {
-        let (rss, cpu) = process_figures(p.pid());
-        report.processes.push(Process {
-            name: format!("kruise-manager {addr} (stayed)"),
-            cpu_seconds: cpu,
-            peak_rss_mib: rss,
-        });
+        report.add_process(format!("kruise-manager {addr} (stayed)"), process_figures(p.pid()));
     }
     report.tables.push(table);
-    report.write(&args.out)?;
-    print!("\n{}", report.markdown());
-    Ok(())
+    report.finish(&args.out)
 }

@@ -22,7 +22,7 @@ use kruise::api::nodeimage::NodeImage;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::report::{Process, Report, Series, Table};
+use crate::report::{Report, Series, Table};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -285,15 +285,9 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         columns: columns.map(String::from).to_vec(),
         rows,
     });
-    report.processes.push(Process {
-        name: "kruise-daemon".into(),
-        cpu_seconds: daemon_figures.1,
-        peak_rss_mib: daemon_figures.0,
-    });
-    for (i, (rss, cpu)) in manager_figures.iter().enumerate() {
-        report.processes.push(Process { name: format!("kruise-manager {i}"), cpu_seconds: *cpu, peak_rss_mib: *rss });
+    report.add_process("kruise-daemon", daemon_figures);
+    for (i, figures) in manager_figures.into_iter().enumerate() {
+        report.add_process(format!("kruise-manager {i}"), figures);
     }
-    report.write(&args.out)?;
-    print!("\n{}", report.markdown());
-    Ok(())
+    report.finish(&args.out)
 }

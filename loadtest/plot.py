@@ -18,34 +18,38 @@ base = os.path.splitext(path)[0]
 title = "kruise-loadtest %s (%s)" % (result["scenario"], result["machine"])
 written = []
 
-series = [s for s in result.get("series", []) if s["points"]]
-if series:
+
+def save(suffix, xlabel, ylabel, draw):
+    """One figure: `draw(ax)` plots onto it; saved as <base>-<suffix>.png."""
     fig, ax = plt.subplots(figsize=(9, 5))
+    draw(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(base + "-" + suffix + ".png", dpi=100)
+    written.append(base + "-" + suffix + ".png")
+
+
+def draw_series(ax):
     for s in series:
         xs, ys = zip(*s["points"])
         ax.plot(xs, ys, label=s["name"])
-    ax.set_xlabel("seconds since the phase began")
-    ax.set_ylabel("value")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(base + "-progress.png", dpi=100)
-    written.append(base + "-progress.png")
 
-latencies = [l for l in result.get("latencies", []) if l["seconds"]]
+
+def draw_latencies(ax):
+    for lat in latencies:
+        ax.hist(lat["seconds"], bins=40, alpha=0.6, label=lat["name"])
+
+
+series = [s for s in result.get("series", []) if s["points"]]
+latencies = [lat for lat in result.get("latencies", []) if lat["seconds"]]
+if series:
+    save("progress", "seconds since the phase began", "value", draw_series)
 if latencies:
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for l in latencies:
-        ax.hist(l["seconds"], bins=40, alpha=0.6, label=l["name"])
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("count")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(base + "-latency.png", dpi=100)
-    written.append(base + "-latency.png")
+    save("latency", "seconds", "count", draw_latencies)
 
 for w in written:
     print(w)

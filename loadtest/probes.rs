@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::cluster::Lifetime;
 use crate::cluster::process::{Component, http_get};
-use crate::report::{Latencies, Process, Report, Series, Table, percentile};
+use crate::report::{Latencies, Report, Series, Table, percentile};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -369,15 +369,9 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
         rows: vec![row],
     });
     report.latencies.push(Latencies { name: "probe outcome change → pod marked".into(), seconds: latencies.clone() });
-    report.processes.push(Process {
-        name: "kruise-daemon".into(),
-        cpu_seconds: daemon_figures.1,
-        peak_rss_mib: daemon_figures.0,
-    });
-    for (i, (rss, cpu)) in manager_figures.iter().enumerate() {
-        report.processes.push(Process { name: format!("kruise-manager {i}"), cpu_seconds: *cpu, peak_rss_mib: *rss });
+    report.add_process("kruise-daemon", daemon_figures);
+    for (i, figures) in manager_figures.into_iter().enumerate() {
+        report.add_process(format!("kruise-manager {i}"), figures);
     }
-    report.write(&args.out)?;
-    print!("\n{}", report.markdown());
-    Ok(())
+    report.finish(&args.out)
 }

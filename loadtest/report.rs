@@ -180,6 +180,18 @@ impl Report {
         md
     }
 
+    /// Adds a process's figures, `(peak RSS MiB, CPU s)` as `process_figures` gives them.
+    pub fn add_process(&mut self, name: impl Into<String>, (peak_rss_mib, cpu_seconds): (f64, f64)) {
+        self.processes.push(Process { name: name.into(), cpu_seconds, peak_rss_mib });
+    }
+
+    /// Writes the report (see [`Report::write`]) and prints it.
+    pub fn finish(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.write(dir)?;
+        print!("\n{}", self.markdown());
+        Ok(())
+    }
+
     /// Writes `<dir>/<scenario>.json` and `<dir>/<scenario>.md`.
     pub fn write(&mut self, dir: &Path) -> anyhow::Result<()> {
         self.finished_at = jiff::Timestamp::now().to_string();

@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::report::{Process, Report, Series, Table};
+use crate::report::{Report, Series, Table};
 use crate::{machine, process_figures, scrape, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -155,16 +155,10 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         let points = f.tenths.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64 * 10.0)).collect();
         report.series.push(Series { name: format!("% updated and ready, {} pods", f.pods), points });
         for (i, (rss, cpu)) in f.peak_rss_mib.iter().zip(&f.cpu_secs).enumerate() {
-            report.processes.push(Process {
-                name: format!("kruise-manager {i} ({} pods)", f.pods),
-                cpu_seconds: *cpu,
-                peak_rss_mib: *rss,
-            });
+            report.add_process(format!("kruise-manager {i} ({} pods)", f.pods), (*rss, *cpu));
         }
     }
-    report.write(&args.out)?;
-    print!("\n{}", report.markdown());
-    Ok(())
+    report.finish(&args.out)
 }
 
 async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> anyhow::Result<Figures> {
