@@ -5,10 +5,22 @@
 use prometheus::core::Collector;
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-/// The registry a process serves on `/metrics`.
-#[derive(Clone, Default)]
+/// The registry a process serves on `/metrics`. It starts with the process's own CPU and memory
+/// (`process_*`).
+#[derive(Clone)]
 pub struct MetricsRegistry {
     registry: Registry,
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        let registry = Registry::new();
+        // Registering fresh, distinct names in a new registry cannot collide.
+        if let Ok(process) = super::process_metrics::ProcessCollector::new() {
+            let _ = registry.register(Box::new(process));
+        }
+        Self { registry }
+    }
 }
 
 impl MetricsRegistry {

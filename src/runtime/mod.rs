@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod namespace_actor;
 pub mod object_store;
 pub mod ownership;
+pub mod process_metrics;
 pub mod shard;
 pub mod shard_actor;
 pub mod shard_coordinator;
