@@ -13,10 +13,9 @@ use kube::api::{DeleteParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::json;
 
-use crate::cluster::Lifetime;
-use crate::cluster::process::{Component, http_get};
-use crate::report::{Latencies, Report, Table, percentile};
-use crate::{Scrape, machine, scrape, wait_for};
+use crate::environment::{ClusterArgs, Environment, KruiseProcess};
+use crate::report::{Latencies, Table, percentile};
+use crate::{machine, wait_for};
 
 /// How long the benchmark waits for its cluster to get where it needs.
 const WAIT: Duration = Duration::from_secs(60);
@@ -42,18 +41,23 @@ pub struct AdmissionArgs {
 
 const PATH: &str = "/mutate-pod";
 
-/// The handler histogram's buckets for the pod path: (upper bound, cumulative count), and sum.
-fn handler_histogram(s: &Scrape) -> (Vec<(f64, f64)>, f64, f64) {
+/// The handler histogram's buckets for the pod path over every measured replica: (upper bound,
+/// cumulative count), sum and count.
+async fn handler_histogram(managers: &[KruiseProcess]) -> (Vec<(f64, f64)>, f64, f64) {
+    let mut text = String::new();
+    for m in managers {
+        text += &m.scrape().await.0;
+    }
     let mut buckets = Vec::new();
     let (mut sum, mut count) = (0.0, 0.0);
-    for line in s.0.lines().filter(|l| l.contains(&format!("path=\"{PATH}\""))) {
+    for line in text.lines().filter(|l| l.contains(&format!("path=\"{PATH}\""))) {
         let Some((series, value)) = line.rsplit_once(' ') else { continue };
         let value: f64 = value.parse().unwrap_or(0.0);
         if series.starts_with("kruise_webhook_handling_seconds_bucket") {
             let le = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("+Inf");
             let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
             match buckets.iter_mut().find(|(b, _)| *b == bound) {
-                Some((_, c)) => *c += value, // allowed="true" and "false" series
+                Some((_, c)) => *c += value, // allowed="true" and "false" series, and replicas
                 None => buckets.push((bound, value)),
             }
         } else if series.starts_with("kruise_webhook_handling_seconds_sum") {
@@ -95,25 +99,25 @@ fn pod(name: &str) -> Pod {
     .unwrap_or_default()
 }
 
-pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
+pub async fn admission(args: AdmissionArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
     let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     println!("# kruise-loadtest admission: {} pods per configuration at {}/s", args.pods, args.rate);
     println!("machine: {}; manager: {}", machine(), manager.display());
-    let (cp, client) = crate::webhook_control_plane("admission", 0, Duration::from_secs(120)).await?;
-
-    let metrics_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
-    let flags = crate::manager_flags(&cp, "admission-bench", &metrics_addr);
-    let mut process = Component::spawn("manager", &manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
-    let port = webhook_port(&process.log).await?;
-    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    wait_for("the pod webhook to point at the manager", WAIT, async || {
-        let m = mutating.get(kruise::webhook::configuration::MUTATING_CONFIGURATION).await.ok();
-        m.and_then(|m| m.webhooks).is_some_and(|w| {
-            w.iter().all(|w| w.client_config.url.as_deref().is_some_and(|u| u.contains(&format!(":{port}/"))))
+    let mut env = Environment::start(cluster, "admission", 0, Duration::from_secs(120)).await?;
+    let client = env.client.clone();
+    env.start_managers(&manager, "admission-bench", 1, &[], WAIT).await?;
+    // A manager this run started: wait until the leader (it) points the webhooks at itself.
+    if let Some(log) = env.managers.first_mut().and_then(|m| m.local()).map(|p| p.log.clone()) {
+        let port = webhook_port(&log).await?;
+        let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        wait_for("the pod webhook to point at the manager", WAIT, async || {
+            let m = mutating.get(kruise::webhook::configuration::MUTATING_CONFIGURATION).await.ok();
+            m.and_then(|m| m.webhooks).is_some_and(|w| {
+                w.iter().all(|w| w.client_config.url.as_deref().is_some_and(|u| u.contains(&format!(":{port}/"))))
+            })
         })
-    })
-    .await?;
-    wait_for("the manager to be ready", WAIT, async || http_get(&metrics_addr, "/readyz").await.is_some()).await?;
+        .await?;
+    }
 
     println!(
         "\n| SidecarSets matching | pods | create p50 ms | create p99 ms | handler mean ms | handler p50 ≤ ms | handler p99 ≤ ms |"
@@ -121,8 +125,7 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|");
     let parameters =
         [("pods", json!(args.pods)), ("rate_per_s", json!(args.rate)), ("sidecarsets", json!(args.sidecarsets))];
-    let mut report =
-        Report::new("pod-create-with-injection", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let mut report = env.report("pod-create-with-injection", &parameters);
     let mut table = Table {
         title: "Pod creation through the sidecar-injecting webhook".into(),
         columns: [
@@ -139,24 +142,30 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         .to_vec(),
         rows: Vec::new(),
     };
-    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::sidecarsets());
+    let resource = crate::sidecarsets();
+    let sets: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let mut created = 0;
     for (round, n) in args.sidecarsets.iter().enumerate() {
-        let _ = sets.delete_collection(&DeleteParams::default(), &Default::default()).await;
-        for i in 0..*n {
+        // Only this run's sets: the cluster may hold others.
+        for i in *n..created {
+            sets.delete(&format!("bench-{i}"), &DeleteParams::default()).await?;
+        }
+        for i in created..*n {
             let set: DynamicObject = serde_json::from_value(json!({
                 "apiVersion": "apps.kruise.io/v1alpha1", "kind": "SidecarSet",
                 "metadata": { "name": format!("bench-{i}") },
                 "spec": {
                     "selector": { "matchLabels": { "app": "bench" } },
-                    "containers": [{ "name": format!("sidecar-{i}"), "image": "busybox:1.36",
+                    "containers": [{ "name": format!("kruise-loadtest-sidecar-{i}"), "image": "busybox:1.36",
                                      "env": [{ "name": "TZ", "value": "UTC" }],
                                      "transferEnv": [{ "sourceContainerName": "main", "envName": "TZ" }] }]
                 }
             }))?;
-            sets.create(&PostParams::default(), &set).await?;
+            env.create_cluster_object(&resource, &set).await?;
         }
+        created = *n;
         let namespace = format!("bench-{round}");
-        crate::create_namespaces(&client, std::slice::from_ref(&namespace), WAIT).await?;
+        env.create_namespaces(std::slice::from_ref(&namespace), WAIT).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         // The webhook reads SidecarSets from a watch: wait until a probe pod gets all n sidecars.
         let mut probe = 0;
@@ -167,7 +176,7 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         })
         .await?;
 
-        let before = handler_histogram(&scrape(&metrics_addr).await);
+        let before = handler_histogram(&env.managers).await;
         let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -185,7 +194,7 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
             latencies.push(t.await?.context("creating a pod")?);
         }
         latencies.sort_by(f64::total_cmp);
-        let after = handler_histogram(&scrape(&metrics_addr).await);
+        let after = handler_histogram(&env.managers).await;
         let handled = after.2 - before.2;
         let mean_ms = if handled > 0.0 { (after.1 - before.1) / handled * 1000.0 } else { f64::NAN };
         println!(
@@ -213,8 +222,8 @@ pub async fn admission(args: AdmissionArgs) -> anyhow::Result<()> {
         });
         let _ = Api::<Namespace>::all(client.clone()).delete(&namespace, &DeleteParams::background()).await;
     }
-    report.add_process("kruise-manager", crate::process_figures(process.pid()));
-    process.stop(Duration::from_secs(10));
+    println!("{}", env.add_processes(&mut report, "").await);
+    env.clean_up(WAIT).await?;
     report.tables.push(table);
     report.finish(&args.out)
 }
@@ -251,7 +260,7 @@ pub fn injection(args: InjectionArgs) -> anyhow::Result<()> {
                     "metadata": { "name": format!("bench-{i}") },
                     "spec": {
                         "selector": { "matchLabels": { "app": "bench" } },
-                        "containers": [{ "name": format!("sidecar-{i}"), "image": "busybox:1.36",
+                        "containers": [{ "name": format!("kruise-loadtest-sidecar-{i}"), "image": "busybox:1.36",
                                          "transferEnv": [{ "sourceContainerName": "main", "envName": "TZ" }] }]
                     }
                 }))?;

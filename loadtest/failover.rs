@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -18,8 +19,9 @@ use serde_json::json;
 
 use kruise::controllers::demo::{DEMO_LABEL, RECONCILED_BY};
 
-use crate::report::{Latencies, Report, Table, percentile};
-use crate::{machine, process_figures, scrape, wait_for};
+use crate::environment::{ClusterArgs, Environment, KruiseProcess};
+use crate::report::{Latencies, Table, percentile};
+use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
 pub struct FailoverArgs {
@@ -92,7 +94,8 @@ fn waited(latencies: &[f64]) -> usize {
     latencies.iter().filter(|l| **l > 2.0).count()
 }
 
-pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
+/// Runs only in a local cluster (it kills its own kruise-rs processes); `cluster` says so.
+pub async fn failover(args: FailoverArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.replicas >= 3, "--replicas must be at least 3 (one leaves gracefully, one is killed)");
     let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     println!(
@@ -103,22 +106,25 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let parameters =
         [("namespaces", json!(args.namespaces)), ("replicas", json!(args.replicas)), ("shards", json!(args.shards))];
-    let mut report = Report::new("replica-failover", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
-    let (cp, client) = crate::webhook_control_plane("failover", 0, Duration::from_secs(300)).await?;
+    let mut env = Environment::start(cluster, "failover", 0, Duration::from_secs(300)).await?;
+    let mut report = env.report("replica-failover", &parameters);
+    let client = env.client.clone();
     let namespaces: Vec<String> =
         (0..args.namespaces).map(|i| format!("fo-{:08x}", crate::mix(i as u64) as u32)).collect();
-    crate::create_namespaces(&client, &namespaces, timeout).await?;
+    env.create_namespaces(&namespaces, timeout).await?;
     let extra = [
         "--demo-controller".to_string(),
         format!("--demo-selector={DEMO_LABEL}=true"),
         format!("--shards={}", args.shards),
         "--controllers=-sidecarset,-podprobemarker,-imagepulljob".to_string(),
     ];
-    let mut replicas = crate::start_managers(&cp, &manager, "failover", args.replicas, &extra, timeout).await?;
-    let held = async |replicas: &[(String, crate::cluster::process::Component)]| {
+    env.start_managers(&manager, "failover", args.replicas, &extra, timeout).await?;
+    // The replicas leave this list as they leave the cluster.
+    let mut replicas = std::mem::take(&mut env.managers);
+    let held = async |replicas: &[KruiseProcess]| {
         let mut sum = 0.0;
-        for (addr, _) in replicas {
-            sum += scrape(addr).await.sum("kruise_shards_held", "");
+        for r in replicas {
+            sum += r.scrape().await.sum("kruise_shards_held", "");
         }
         sum
     };
@@ -157,14 +163,19 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     };
     report.latencies.push(Latencies { name: "no departure".into(), seconds: baseline });
     for (round, (how, graceful)) in [("SIGTERM (graceful)", true), ("SIGKILL (crash)", false)].into_iter().enumerate() {
-        let (_, mut leaving) = replicas.remove(0);
-        report.add_process(format!("kruise-manager stopped by {how}"), process_figures(leaving.pid()));
+        let mut leaving = replicas.remove(0);
+        let f = leaving.figures().await;
+        report.add_process(
+            format!("{} stopped by {how}", leaving.name),
+            (f.peak_resident_bytes / crate::MIB, f.cpu_seconds),
+        );
         let load0 = crate::ApiServerLoad::read(&client).await;
         let left = Instant::now();
+        let process = leaving.local().context("replica-failover runs only on processes it started")?;
         if graceful {
-            leaving.stop(Duration::from_secs(10));
+            process.stop(Duration::from_secs(10));
         } else {
-            leaving.kill();
+            process.kill();
         }
         let name = format!("round-{}", round + 1);
         let created = create_round(&client, &namespaces, &name).await?;
@@ -201,9 +212,8 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         ]);
         report.latencies.push(Latencies { name: format!("after {how}"), seconds: latencies });
     }
-    for (addr, p) in &replicas {
-        report.add_process(format!("kruise-manager {addr} (stayed)"), process_figures(p.pid()));
-    }
+    env.managers = replicas;
+    println!("{}", env.add_processes(&mut report, " (stayed)").await);
     report.tables.push(table);
     report.finish(&args.out)
 }

@@ -20,10 +20,9 @@ use serde_json::json;
 use kruise::api::imagepulljob::ImagePullJob;
 use kruise::api::nodeimage::NodeImage;
 
-use crate::cluster::Lifetime;
-use crate::cluster::process::{Component, http_get};
-use crate::report::{Report, Series, Table};
-use crate::{machine, process_figures, scrape, wait_for};
+use crate::environment::{ClusterArgs, Environment};
+use crate::report::{Series, Table};
+use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
 pub struct ImagesArgs {
@@ -105,7 +104,7 @@ struct Run {
     requests: f64,
 }
 
-pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
+pub async fn images(args: ImagesArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
     let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     let daemon = manager.with_file_name("kruise-daemon");
     anyhow::ensure!(daemon.exists(), "{} not found: build it next to kruise-manager", daemon.display());
@@ -115,7 +114,9 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
     );
     println!("machine: {}; manager: {}", machine(), manager.display());
     let timeout = Duration::from_secs(args.timeout_secs);
-    let (cp, client) = crate::webhook_control_plane("images", args.nodes, Duration::from_secs(600)).await?;
+    let mut env = Environment::start(cluster, "images", args.nodes, Duration::from_secs(600)).await?;
+    let client = env.client.clone();
+    let nodes = env.node_count();
 
     let extra = [
         format!("--kube-api-qps={}", args.kube_api_qps),
@@ -123,39 +124,37 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         "--controllers=imagepulljob".to_string(),
         "--nodeimage-creation-delay=0s".to_string(),
     ];
-    let replicas = crate::start_managers(&cp, &manager, "images", args.replicas, &extra, timeout).await?;
-    let daemon_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
+    env.start_managers(&manager, "images", args.replicas, &extra, timeout).await?;
     let mut daemon_flags = vec![
-        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
-        format!("--addr={daemon_addr}"),
-        "--simulated".to_string(),
         format!("--simulated-pull-time={}ms", args.pull_ms),
         format!("--kube-api-qps={}", args.kube_api_qps),
         format!("--kube-api-burst={}", args.kube_api_burst),
     ];
     daemon_flags.extend(args.daemon_flag.iter().cloned());
-    println!("daemon flags: {}", daemon_flags[3..].join(" "));
-    let daemon_process =
-        Component::spawn("images-daemon", &daemon, &daemon_flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
-    wait_for("the daemon to serve", timeout, async || http_get(&daemon_addr, "/healthz").await.is_some()).await?;
+    println!("daemon flags: {}", daemon_flags.join(" "));
+    env.start_simulated_daemon(&daemon, "images-daemon", &daemon_flags, timeout).await?;
 
     let node_images: Api<NodeImage> = Api::all(client.clone());
     let started = Instant::now();
     wait_for("a NodeImage per node", timeout, async || {
-        node_images.list(&Default::default()).await.is_ok_and(|l| l.items.len() >= args.nodes)
+        node_images.list(&Default::default()).await.is_ok_and(|l| l.items.len() >= nodes)
     })
     .await?;
-    println!("NodeImages for {} nodes after {:.1} s", args.nodes, started.elapsed().as_secs_f64());
-    crate::create_namespaces(&client, &[NAMESPACE.to_string()], timeout).await?;
+    println!("NodeImages for {nodes} nodes after {:.1} s", started.elapsed().as_secs_f64());
+    env.create_namespaces(&[NAMESPACE.to_string()], timeout).await?;
     let pulling = Arc::new(Mutex::new(Pulling::default()));
     follow_pulls(&client, pulling.clone());
 
     let writes = async || {
-        let mut manager_writes = 0.0;
-        for (addr, _) in &replicas {
-            manager_writes += scrape(addr).await.sum("kruise_writer_requests_total", "");
-        }
-        (manager_writes, scrape(&daemon_addr).await.sum("kruise_writer_requests_total", ""))
+        (
+            env.managers_sum("kruise_writer_requests_total", "").await,
+            env.daemons_sum("kruise_writer_requests_total", "").await,
+        )
+    };
+    // A cluster the run did not start may have other nodes: the jobs name the ones it uses.
+    let selector = match env.control_plane() {
+        Some(_) => None,
+        None => Some(json!({ "names": (0..nodes).map(|i| env.node(i)).collect::<Vec<_>>() })),
     };
     let parameters = [
         ("nodes", json!(args.nodes)),
@@ -165,20 +164,22 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         ("kube_api_qps", json!(args.kube_api_qps)),
         ("daemon_flags", json!(args.daemon_flag)),
     ];
-    let mut report =
-        Report::new("image-pull-fanout", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let mut report = env.report("image-pull-fanout", &parameters);
     let jobs: Api<ImagePullJob> = Api::namespaced(client.clone(), NAMESPACE);
     let pull_secs = args.pull_ms as f64 / 1000.0;
     let mut runs = Vec::new();
     for &p in &args.parallelism {
         let tag = format!("p{p}");
         let name = format!("bench-{tag}");
-        let job = json!({
+        let mut job = json!({
             "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
             "metadata": { "name": name },
             "spec": { "image": format!("{IMAGE}:{tag}"), "parallelism": p,
                       "completionPolicy": { "type": "Always" } }
         });
+        if let Some(selector) = &selector {
+            job["spec"]["selector"] = selector.clone();
+        }
         let dynamic: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), NAMESPACE, &kube::api::ApiResource::erase::<ImagePullJob>(&()));
         let (m0, d0) = writes().await;
@@ -219,7 +220,7 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         let requests: f64 = load1.since(&load0).iter().filter(|r| r.0 != "WATCH").map(|r| r.2).sum();
         let s = status.unwrap_or_default();
         let most_pulling = pulling.lock().ok().and_then(|p| p.most.get(&tag).copied()).unwrap_or(0);
-        let steps = args.nodes.div_ceil(p.max(1));
+        let steps = nodes.div_ceil(p.max(1));
         let ideal = steps as f64 * pull_secs;
         println!(
             "parallelism {p}: complete after {seconds:.1} s (ideal {ideal:.0} s, ×{:.2}; {:.2} s per step over the pull), {} succeeded, {} failed, at most {most_pulling} nodes pulling",
@@ -240,14 +241,7 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         });
     }
 
-    let daemon_figures = process_figures(daemon_process.pid());
-    let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
-    println!(
-        "\ndaemon CPU {:.1} s / peak RSS {:.0} MiB; managers {}",
-        daemon_figures.1,
-        daemon_figures.0,
-        manager_figures.iter().map(|(rss, cpu)| format!("{cpu:.1} s / {rss:.0} MiB")).collect::<Vec<_>>().join(", ")
-    );
+    println!("\n{}", env.add_processes(&mut report, "").await);
     let columns = [
         "nodes",
         "parallelism",
@@ -264,9 +258,9 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
     let rows = runs
         .iter()
         .map(|r| {
-            let steps = args.nodes.div_ceil(r.parallelism.max(1)) as f64;
+            let steps = nodes.div_ceil(r.parallelism.max(1)) as f64;
             vec![
-                json!(args.nodes),
+                json!(nodes),
                 json!(r.parallelism),
                 json!(r.seconds),
                 json!(r.ideal),
@@ -285,9 +279,6 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<()> {
         columns: columns.map(String::from).to_vec(),
         rows,
     });
-    report.add_process("kruise-daemon", daemon_figures);
-    for (i, figures) in manager_figures.into_iter().enumerate() {
-        report.add_process(format!("kruise-manager {i}"), figures);
-    }
+    env.clean_up(timeout).await?;
     report.finish(&args.out)
 }

@@ -1,5 +1,7 @@
-//! `kruise-loadtest`: benchmarks of kruise-rs against a real local control plane. Not a test:
-//! it reports figures, it asserts nothing about speed.
+//! `kruise-loadtest`: benchmarks of kruise-rs (or any `apps.kruise.io/v1alpha1` controller)
+//! against a real control plane: a local one each scenario starts, or an existing cluster by
+//! kubeconfig (see `environment.rs`). Not a test: it reports figures, it asserts nothing about
+//! speed. Scenarios live one per file; `shards` is below.
 //!
 //! ```text
 //! kruise-loadtest shards [--objects 10000] [--namespaces 1000] [--replicas 1,3] [--server-sharding on,off]
@@ -29,6 +31,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 mod admission;
+mod environment;
 mod failover;
 mod images;
 mod probes;
@@ -40,10 +43,15 @@ use cluster::{ControlPlane, ControlPlaneConfig, Lifetime};
 use kruise::controllers::demo::{DEMO_LABEL, RECONCILED_BY};
 
 #[derive(Parser)]
-#[command(name = "kruise-loadtest", about = "Benchmarks kruise-rs against a real local control plane")]
+#[command(
+    name = "kruise-loadtest",
+    about = "Benchmarks an apps.kruise.io controller on a local control plane or an existing cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    cluster: environment::ClusterArgs,
 }
 
 #[derive(Subcommand)]
@@ -140,14 +148,22 @@ struct ReplicaFigures {
 async fn main() -> anyhow::Result<()> {
     // kube logs every failed readiness probe of a starting API server at ERROR: not news here.
     kruise::runtime::logging::init("warn,kube_client=off");
-    match Cli::parse().command {
-        Cmd::Shards(args) => shards(args).await,
-        Cmd::Admission(args) => admission::admission(args).await,
+    let cli = Cli::parse();
+    let cluster = &cli.cluster;
+    match cli.command {
+        Cmd::Shards(args) => {
+            cluster.require_local("shards")?;
+            shards(args).await
+        }
+        Cmd::Admission(args) => admission::admission(args, cluster).await,
         Cmd::Injection(args) => admission::injection(args),
-        Cmd::Rollout(args) => rollout::rollout(args).await,
-        Cmd::Probes(args) => probes::probes(args).await,
-        Cmd::Images(args) => images::images(args).await,
-        Cmd::Failover(args) => failover::failover(args).await,
+        Cmd::Rollout(args) => rollout::rollout(args, cluster).await,
+        Cmd::Probes(args) => probes::probes(args, cluster).await,
+        Cmd::Images(args) => images::images(args, cluster).await,
+        Cmd::Failover(args) => {
+            cluster.require_local("replica-failover")?;
+            failover::failover(args, cluster).await
+        }
     }
 }
 
@@ -212,21 +228,22 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     Ok(())
 }
 
-/// Creates the namespaces `names` and waits for their default ServiceAccounts (pods need them).
-async fn create_namespaces(client: &Client, names: &[String], timeout: Duration) -> anyhow::Result<()> {
-    for n in names {
-        let ns =
-            Namespace { metadata: ObjectMeta { name: Some(n.clone()), ..Default::default() }, ..Default::default() };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+/// Runs `create` until the webhooks answer it: retries while the API server cannot reach them
+/// (5xx, or no answer), fails at once on a denial or another client error, with its reason.
+async fn create_when_webhooks_answer<T>(
+    what: &str,
+    timeout: Duration,
+    mut create: impl AsyncFnMut() -> Result<T, kube::Error>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    loop {
+        match create().await {
+            Ok(created) => return Ok(created),
+            Err(kube::Error::Api(e)) if e.code < 500 => bail!("creating {what}: {} ({})", e.message, e.code),
+            Err(e) if started.elapsed() > timeout => bail!("creating {what}: still failing after {timeout:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
-    for n in names {
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), n);
-        wait_for("the default ServiceAccounts", timeout, async || {
-            sas.get_opt("default").await.ok().flatten().is_some()
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// Creates pods `bench-0..count` round-robin over the namespaces `names`, pod `i` from
@@ -271,31 +288,6 @@ fn manager_flags(cp: &ControlPlane, identity: &str, metrics_addr: &str) -> Vec<S
         "--webhook-port=0".to_string(),
         "--webhook-host=127.0.0.1".to_string(),
     ]
-}
-
-/// Starts `count` kruise-managers named `<prefix>-<i>` on `cp` with `extra` flags, and waits
-/// until each is ready; returns each one's metrics address and process.
-async fn start_managers(
-    cp: &ControlPlane,
-    manager: &Path,
-    prefix: &str,
-    count: usize,
-    extra: &[String],
-    timeout: Duration,
-) -> anyhow::Result<Vec<(String, Component)>> {
-    let mut replicas = Vec::new();
-    for i in 0..count {
-        let metrics_addr = format!("127.0.0.1:{}", cluster::control_plane::free_port()?);
-        let identity = format!("{prefix}-{i}");
-        let mut flags = manager_flags(cp, &identity, &metrics_addr);
-        flags.extend(extra.iter().cloned());
-        let process = Component::spawn(&identity, manager, &flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
-        replicas.push((metrics_addr, process));
-    }
-    for (addr, _) in &replicas {
-        wait_for("a manager to be ready", timeout, async || http_get(addr, "/readyz").await.is_some()).await?;
-    }
-    Ok(replicas)
 }
 
 /// The kruise-manager to run: `--manager-bin`, else the one next to this binary.
@@ -522,24 +514,10 @@ async fn measure(
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Peak RSS (MiB) and CPU time (s) of a process, from /proc.
+/// Peak RSS (MiB) and CPU time (s) of a local process, from /proc; zeros when it is gone.
 fn process_figures(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'; utime and stime
-    // are fields 14 and 15 of the whole line.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz.max(1.0))
+    let f = kruise::runtime::process_metrics::ProcessFigures::of(pid).unwrap_or_default();
+    (f.peak_resident_bytes / MIB, f.cpu_seconds)
 }
 
 /// A scrape of /metrics.

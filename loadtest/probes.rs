@@ -19,10 +19,9 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::cluster::Lifetime;
-use crate::cluster::process::{Component, http_get};
-use crate::report::{Latencies, Report, Series, Table, percentile};
-use crate::{machine, process_figures, scrape, wait_for};
+use crate::environment::{ClusterArgs, Environment};
+use crate::report::{Latencies, Series, Table, percentile};
+use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
 pub struct ProbesArgs {
@@ -68,11 +67,11 @@ fn namespace_name(i: usize) -> String {
     format!("{i:03}-probes")
 }
 
-fn pod(name: &str, node: usize) -> Pod {
+fn pod(name: &str, node: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": { "app": "bench" },
                       "annotations": { EXEC_ANNOTATION: json!({"exitCode": 0}).to_string() } },
-        "spec": { "nodeName": crate::cluster::control_plane::node_name(node),
+        "spec": { "nodeName": node,
                   "containers": [{ "name": "main", "image": "app:1" }] }
     }))
     .expect("pod")
@@ -140,7 +139,7 @@ fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) {
     });
 }
 
-pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
+pub async fn probes(args: ProbesArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
     let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     let daemon = manager.with_file_name("kruise-daemon");
     anyhow::ensure!(daemon.exists(), "{} not found: build it next to kruise-manager", daemon.display());
@@ -160,45 +159,37 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
         ("flips", json!(args.flips)),
         ("steady_secs", json!(args.steady_secs)),
     ];
-    let mut report =
-        Report::new("probe-marker-churn", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
-    let (cp, client) = crate::webhook_control_plane("probes", args.nodes, Duration::from_secs(600)).await?;
+    let mut env = Environment::start(cluster, "probes", args.nodes, Duration::from_secs(600)).await?;
+    let mut report = env.report("probe-marker-churn", &parameters);
+    let client = env.client.clone();
+    let nodes = env.node_count();
 
     let extra = [
         format!("--kube-api-qps={}", args.kube_api_qps),
         format!("--kube-api-burst={}", args.kube_api_burst),
         "--controllers=podprobemarker".to_string(),
     ];
-    let replicas = crate::start_managers(&cp, &manager, "probes", args.replicas, &extra, timeout).await?;
-    let daemon_addr = format!("127.0.0.1:{}", crate::cluster::control_plane::free_port()?);
-    let daemon_flags = vec![
-        format!("--kubeconfig={}", cp.admin_kubeconfig().display()),
-        format!("--addr={daemon_addr}"),
-        "--simulated".to_string(),
-        format!("--kube-api-qps={}", args.kube_api_qps),
-        format!("--kube-api-burst={}", args.kube_api_burst),
-    ];
-    let daemon_process =
-        Component::spawn("probes-daemon", &daemon, &daemon_flags, &cp.dir().join("logs"), Lifetime::TiedToProcess)?;
-    wait_for("the daemon to serve", timeout, async || http_get(&daemon_addr, "/healthz").await.is_some()).await?;
+    env.start_managers(&manager, "probes", args.replicas, &extra, timeout).await?;
+    let daemon_flags =
+        [format!("--kube-api-qps={}", args.kube_api_qps), format!("--kube-api-burst={}", args.kube_api_burst)];
+    env.start_simulated_daemon(&daemon, "probes-daemon", &daemon_flags, timeout).await?;
 
     let npps: Api<DynamicObject> =
         Api::all_with(client.clone(), &kube::api::ApiResource::erase::<kruise::api::nodepodprobe::NodePodProbe>(&()));
     let started = Instant::now();
     wait_for("a NodePodProbe per node", timeout, async || {
-        npps.list(&Default::default()).await.is_ok_and(|l| l.items.len() >= args.nodes)
+        npps.list(&Default::default()).await.is_ok_and(|l| l.items.len() >= nodes)
     })
     .await?;
-    println!("NodePodProbes for {} nodes after {:.1} s", args.nodes, started.elapsed().as_secs_f64());
+    println!("NodePodProbes for {nodes} nodes after {:.1} s", started.elapsed().as_secs_f64());
 
     let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
-    crate::create_namespaces(&client, &names, timeout).await?;
+    env.create_namespaces(&names, timeout).await?;
     let marks = Arc::new(Mutex::new(Marks::default()));
     follow_marks(&client, marks.clone());
 
     let create_secs =
-        crate::create_pods(&client, &names, args.pods, args.concurrency, |name, i| pod(name, i % args.nodes.max(1)))
-            .await?;
+        crate::create_pods(&client, &names, args.pods, args.concurrency, |name, i| pod(name, env.node(i))).await?;
     println!("{} pods created in {create_secs:.1} s", args.pods);
     // The markers come once kwok has started every pod, so the marking phase measures kruise-rs
     // rather than kwok's status updates (which load the same API server).
@@ -217,8 +208,8 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
             &kube::api::ApiResource::erase::<kruise::api::podprobemarker::PodProbeMarker>(&()),
         );
         let m: DynamicObject = serde_json::from_value(marker(args.probes, args.period_secs))?;
-        wait_for("the marker webhook to answer", timeout, async || {
-            api.create(&PostParams::default(), &m).await.is_ok()
+        crate::create_when_webhooks_answer("a PodProbeMarker", timeout, async || {
+            api.create(&PostParams::default(), &m).await
         })
         .await?;
     }
@@ -250,17 +241,21 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
 
     // Steady state: every probe running at its period, nothing changing.
     let writes = async || {
-        let mut manager_writes = 0.0;
-        for (addr, _) in &replicas {
-            manager_writes += scrape(addr).await.sum("kruise_writer_requests_total", "");
+        (
+            env.managers_sum("kruise_writer_requests_total", "").await,
+            env.daemons_sum("kruise_writer_requests_total", "").await,
+            env.daemons_sum("kruise_daemon_probe_runs_total", "").await,
+        )
+    };
+    let cpu = async |processes: &[crate::environment::KruiseProcess]| {
+        let mut v = Vec::new();
+        for p in processes {
+            v.push(p.figures().await.cpu_seconds);
         }
-        let d = scrape(&daemon_addr).await;
-        (manager_writes, d.sum("kruise_writer_requests_total", ""), d.sum("kruise_daemon_probe_runs_total", ""))
+        v
     };
     let (m0, d0, r0) = writes().await;
-    let cpu = |pid: u32| process_figures(pid).1;
-    let daemon_cpu0 = cpu(daemon_process.pid());
-    let manager_cpu0: Vec<f64> = replicas.iter().map(|(_, p)| cpu(p.pid())).collect();
+    let (daemon_cpu0, manager_cpu0) = (cpu(&env.daemons).await, cpu(&env.managers).await);
     tokio::time::sleep(Duration::from_secs(args.steady_secs)).await;
     let (m1, d1, r1) = writes().await;
     let secs = args.steady_secs as f64;
@@ -268,14 +263,14 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
     load_steady.report(&load_marked, "steady state", secs, 8);
     report.add_requests("steady state", secs, &load_steady, &load_marked);
     let (steady_daemon_writes, steady_manager_writes) = ((d1 - d0) / secs, (m1 - m0) / secs);
-    let daemon_cpu_steady = (cpu(daemon_process.pid()) - daemon_cpu0) / secs;
-    let manager_cpu_steady: Vec<f64> =
-        replicas.iter().zip(&manager_cpu0).map(|((_, p), c0)| (cpu(p.pid()) - c0) / secs).collect();
+    let cores = |after: Vec<f64>, before: &[f64]| {
+        after.iter().zip(before).map(|(a, b)| format!("{:.2}", (a - b) / secs)).collect::<Vec<_>>().join("/")
+    };
     println!(
-        "steady {secs:.0} s: {:.1} probe runs/s, daemon writes {steady_daemon_writes:.2}/s, manager writes {steady_manager_writes:.2}/s, daemon CPU {:.2} cores, manager CPU {} cores",
+        "steady {secs:.0} s: {:.1} probe runs/s, daemon writes {steady_daemon_writes:.2}/s, manager writes {steady_manager_writes:.2}/s, daemon CPU {} cores, manager CPU {} cores",
         (r1 - r0) / secs,
-        daemon_cpu_steady,
-        manager_cpu_steady.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join("/")
+        cores(cpu(&env.daemons).await, &daemon_cpu0),
+        cores(cpu(&env.managers).await, &manager_cpu0),
     );
 
     // Flips: change the outcome of `flips` pods, spread over the namespaces, and time each mark.
@@ -311,14 +306,15 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
 
     // What each replica wrote, and whether shards moved (a new owner starts without the
     // previous one's memory of recent writes).
-    for (addr, _) in &replicas {
-        let m = scrape(addr).await;
+    for r in &env.managers {
+        let m = r.scrape().await;
         let count = |kind: &str, result: &str| {
             m.sum("kruise_podprobemarker_writes_total", &format!("kind=\"{kind}\",result=\"{result}\""))
         };
         let handoffs = |d: &str| m.sum("kruise_shard_handoffs_total", &format!("direction=\"{d}\""));
         println!(
-            "replica {addr}: applies {}/{} failed, pod marks {}/{} failed; shards acquired {}, released {}, lost {}",
+            "{}: applies {}/{} failed, pod marks {}/{} failed; shards acquired {}, released {}, lost {}",
+            r.name,
             count("nodepodprobe_apply", "success"),
             count("nodepodprobe_apply", "error"),
             count("pod_mark", "success"),
@@ -329,8 +325,6 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
         );
     }
 
-    let daemon_figures = process_figures(daemon_process.pid());
-    let manager_figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
     let columns = [
         "nodes",
         "pods",
@@ -348,7 +342,7 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
         "flip phase s",
     ];
     let row = vec![
-        json!(args.nodes),
+        json!(nodes),
         json!(args.pods),
         json!(args.probes),
         json!(args.period_secs),
@@ -369,9 +363,7 @@ pub async fn probes(args: ProbesArgs) -> anyhow::Result<()> {
         rows: vec![row],
     });
     report.latencies.push(Latencies { name: "probe outcome change → pod marked".into(), seconds: latencies.clone() });
-    report.add_process("kruise-daemon", daemon_figures);
-    for (i, figures) in manager_figures.into_iter().enumerate() {
-        report.add_process(format!("kruise-manager {i}"), figures);
-    }
+    println!("{}", env.add_processes(&mut report, "").await);
+    env.clean_up(timeout).await?;
     report.finish(&args.out)
 }

@@ -215,6 +215,8 @@ fn cell(v: &Value) -> String {
             _ => n.to_string(),
         },
         Value::String(s) => s.clone(),
+        // NaN serializes as null: a figure the run could not measure.
+        Value::Null => "n/a".into(),
         other => other.to_string(),
     }
 }

@@ -17,8 +17,9 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::environment::{ClusterArgs, Environment};
 use crate::report::{Report, Series, Table};
-use crate::{machine, process_figures, scrape, wait_for};
+use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
 pub struct RolloutArgs {
@@ -52,16 +53,20 @@ pub struct RolloutArgs {
     out: std::path::PathBuf,
 }
 
+/// The sidecar's name: one no other SidecarSet in a shared cluster is likely to use (sets that
+/// may select the same pods must not share container names).
+const SIDECAR: &str = "kruise-loadtest-proxy";
+
 /// Namespace names that spread over shards: FNV-1a's top bits barely move when only the end of a
 /// name changes, so the index goes first.
 fn namespace_name(i: usize) -> String {
     format!("{i:03}-rollout")
 }
 
-fn pod(name: &str, node: usize) -> Pod {
+fn pod(name: &str, node: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": { "app": "bench" } },
-        "spec": { "nodeName": crate::cluster::control_plane::node_name(node),
+        "spec": { "nodeName": node,
                   "containers": [{ "name": "main", "image": "app:1" }] }
     }))
     .expect("pod")
@@ -85,24 +90,18 @@ struct Figures {
     rollout_secs: f64,
     pod_writes: f64,
     other_writes: f64,
-    peak_rss_mib: Vec<f64>,
-    cpu_secs: Vec<f64>,
     apiserver_cpu: f64,
     /// When each tenth of the pods was updated and ready again (s after the image change).
     tenths: Vec<f64>,
 }
 
-pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
+pub async fn rollout(args: RolloutArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
     let manager = crate::manager_binary(args.manager_bin.as_deref())?;
     println!(
         "# kruise-loadtest rollout: {} replicas, {} namespaces, {} kwok nodes, maxUnavailable {}",
         args.replicas, args.namespaces, args.nodes, args.max_unavailable
     );
     println!("machine: {}; manager: {}", machine(), manager.display());
-    let mut results = Vec::new();
-    for &pods in &args.pods {
-        results.push(measure(&args, &manager, pods).await?);
-    }
     let parameters = [
         ("pods", json!(args.pods)),
         ("namespaces", json!(args.namespaces)),
@@ -113,6 +112,10 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     ];
     let mut report =
         Report::new("sidecarset-rollout", parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let mut results = Vec::new();
+    for &pods in &args.pods {
+        results.push(measure(&args, cluster, &manager, pods, &mut report).await?);
+    }
     let columns = [
         "pods",
         "create s",
@@ -123,8 +126,6 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         "rollout ÷ baseline",
         "pod writes/pod",
         "other writes",
-        "peak RSS MiB per replica",
-        "CPU s per replica",
         "apiserver CPU s",
     ];
     let rows = results
@@ -140,8 +141,6 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
                 json!(f.rollout_secs / f.baseline_secs),
                 json!(f.pod_writes / f.pods as f64),
                 json!(f.other_writes),
-                json!(f.peak_rss_mib.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join("/")),
-                json!(f.cpu_secs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join("/")),
                 json!(f.apiserver_cpu),
             ]
         })
@@ -154,19 +153,24 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     for f in &results {
         let points = f.tenths.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64 * 10.0)).collect();
         report.series.push(Series { name: format!("% updated and ready, {} pods", f.pods), points });
-        for (i, (rss, cpu)) in f.peak_rss_mib.iter().zip(&f.cpu_secs).enumerate() {
-            report.add_process(format!("kruise-manager {i} ({} pods)", f.pods), (*rss, *cpu));
-        }
     }
     report.finish(&args.out)
 }
 
-async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> anyhow::Result<Figures> {
+/// One pod count: in a fresh local cluster, or in the existing one (cleaned up after).
+async fn measure(
+    args: &RolloutArgs,
+    cluster: &ClusterArgs,
+    manager: &std::path::Path,
+    pods: usize,
+    report: &mut Report,
+) -> anyhow::Result<Figures> {
     let timeout = Duration::from_secs(args.timeout_secs);
-    let (cp, client) =
-        crate::webhook_control_plane(&format!("rollout-{pods}"), args.nodes, Duration::from_secs(300)).await?;
+    let mut env = Environment::start(cluster, &format!("rollout-{pods}"), args.nodes, Duration::from_secs(300)).await?;
+    report.parameters.insert("cluster".into(), env.describe().into());
     let extra = [format!("--kube-api-qps={}", args.kube_api_qps), format!("--kube-api-burst={}", args.kube_api_burst)];
-    let replicas = crate::start_managers(&cp, manager, "rollout", args.replicas, &extra, timeout).await?;
+    env.start_managers(manager, "rollout", args.replicas, &extra, timeout).await?;
+    let client = env.client.clone();
 
     let sets: Api<DynamicObject> = Api::all_with(client.clone(), &crate::sidecarsets());
     let set = |image: &str| -> anyhow::Result<DynamicObject> {
@@ -176,25 +180,26 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
             "spec": {
                 "selector": { "matchLabels": { "app": "bench" } },
                 "updateStrategy": { "maxUnavailable": args.max_unavailable },
-                "containers": [{ "name": "proxy", "image": image }]
+                "containers": [{ "name": SIDECAR, "image": image }]
             }
         }))?)
     };
     // The configurations point at a replica with its CA once the leader has synced them.
     let bench_set = set("proxy:1")?;
-    wait_for("the SidecarSet webhooks to answer", timeout, async || {
-        sets.create(&PostParams::default(), &bench_set).await.is_ok()
+    let resource = crate::sidecarsets();
+    crate::create_when_webhooks_answer("the SidecarSet", timeout, async || {
+        env.create_cluster_object(&resource, &bench_set).await
     })
     .await?;
     let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
-    crate::create_namespaces(&client, &names, timeout).await?;
+    env.create_namespaces(&names, timeout).await?;
     // Every replica's webhook must see the set: probe pods until injected several times in a row.
     let probe: Api<Pod> = Api::namespaced(client.clone(), &names[0]);
     let mut injected_in_a_row = 0;
     let mut i = 0;
     wait_for("the webhooks to see the SidecarSet", timeout, async || {
         i += 1;
-        let p = probe.create(&PostParams::default(), &pod(&format!("probe-{i}"), 0)).await;
+        let p = probe.create(&PostParams::default(), &pod(&format!("probe-{i}"), env.node(0))).await;
         let ok = p.ok().and_then(|p| p.spec).is_some_and(|s| s.containers.len() == 2);
         let _ = probe.delete(&format!("probe-{i}"), &Default::default()).await;
         injected_in_a_row = if ok { injected_in_a_row + 1 } else { 0 };
@@ -203,7 +208,7 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
     .await?;
 
     let create_secs =
-        crate::create_pods(&client, &names, pods, args.concurrency, |name, i| pod(name, i % args.nodes.max(1))).await?;
+        crate::create_pods(&client, &names, pods, args.concurrency, |name, i| pod(name, env.node(i))).await?;
     let n = pods as i64;
     // kwok's own pace (one status patch per pod): the other floor a rollout cannot beat.
     let started = Instant::now();
@@ -226,26 +231,15 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
     let baseline_secs = started.elapsed().as_secs_f64();
 
     let writes = async || {
-        let mut pod_writes = 0.0;
-        let mut all = 0.0;
-        for (addr, _) in &replicas {
-            let s = scrape(addr).await;
-            pod_writes += s.sum("kruise_writer_requests_total", "resource=\"pods\"");
-            all += s.sum("kruise_writer_requests_total", "");
-        }
-        (pod_writes, all)
-    };
-    let apiserver_cpu = || {
-        cp.pids()
-            .into_iter()
-            .filter(|(name, _)| name == "kube-apiserver")
-            .map(|(_, pid)| process_figures(pid).1)
-            .sum::<f64>()
+        (
+            env.managers_sum("kruise_writer_requests_total", "resource=\"pods\"").await,
+            env.managers_sum("kruise_writer_requests_total", "").await,
+        )
     };
     let (pods_before, all_before) = writes().await;
-    let api_before = apiserver_cpu();
+    let api_before = env.apiserver_cpu_seconds().await;
     let started = Instant::now();
-    let patch = json!({ "spec": { "containers": [{ "name": "proxy", "image": "proxy:2" }] } });
+    let patch = json!({ "spec": { "containers": [{ "name": SIDECAR, "image": "proxy:2" }] } });
     sets.patch("bench", &PatchParams::default(), &Patch::Merge(&patch)).await?;
     // When each tenth of the pods was updated and ready again: the rollout's pace, wave by wave.
     let mut tenths: Vec<f64> = Vec::new();
@@ -263,11 +257,9 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
         tenths.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(", ")
     );
     let (pods_after, all_after) = writes().await;
-    let apiserver_cpu = apiserver_cpu() - api_before;
-    let figures: Vec<(f64, f64)> = replicas.iter().map(|(_, p)| process_figures(p.pid())).collect();
-    for (_, mut p) in replicas {
-        p.stop(Duration::from_secs(10));
-    }
+    let apiserver_cpu = env.apiserver_cpu_seconds().await - api_before;
+    println!("{}", env.add_processes(report, &format!(" ({pods} pods)")).await);
+    env.clean_up(timeout).await?;
     let f = Figures {
         pods,
         create_secs,
@@ -276,8 +268,6 @@ async fn measure(args: &RolloutArgs, manager: &std::path::Path, pods: usize) -> 
         rollout_secs,
         pod_writes: pods_after - pods_before,
         other_writes: (all_after - all_before) - (pods_after - pods_before),
-        peak_rss_mib: figures.iter().map(|f| f.0).collect(),
-        cpu_secs: figures.iter().map(|f| f.1).collect(),
         apiserver_cpu,
         tenths,
     };

@@ -4,13 +4,18 @@
 #   scripts/demo.sh down   stop kruise-rs and the cluster
 # Starts the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok with
 # fake nodes), then 3 kruise-manager replicas that split the shards through leases, and
-# kruise-daemon in simulated mode serving every kwok node. Installs what it needs itself.
+# kruise-daemon in simulated mode serving every kwok node; shows them at work, then runs the
+# sidecarset-rollout load test against it (through the API, as against any cluster) and prints
+# its report. Installs what it needs itself.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 demo="$root/target/demo"
+# Where cargo puts the binaries (CI keeps its target directory elsewhere).
+bin="${CARGO_TARGET_DIR:-target}/debug"
 REPLICAS=3
 NODES=${NODES:-5}
+PODS=${PODS:-300}
 
 stop_processes() {
   shopt -s nullglob
@@ -27,7 +32,7 @@ stop_processes() {
 
 if [[ "${1:-}" == "down" ]]; then
   stop_processes
-  [[ -x target/debug/kruise-dev ]] && target/debug/kruise-dev down
+  [[ -x "$bin/kruise-dev" ]] && "$bin/kruise-dev" down
   exit 0
 fi
 
@@ -40,8 +45,8 @@ mkdir -p "$demo"
 stop_processes
 
 echo "==> local cluster" >&2
-target/debug/kruise-dev up --nodes "$NODES" >/dev/null
-eval "$(target/debug/kruise-dev env)"
+"$bin/kruise-dev" up --nodes "$NODES" >/dev/null
+eval "$("$bin/kruise-dev" env)"
 kubectl get nodes
 kubectl create namespace kruise-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 echo "==> kruise CRDs" >&2
@@ -62,11 +67,11 @@ start() {  # name, then the command
   echo $! >"$demo/$name.pid"
 }
 for i in $(seq 0 $((REPLICAS - 1))); do
-  start "kruise-manager-$i" target/debug/kruise-manager --kubeconfig "$KUBECONFIG" --identity "kruise-manager-$i" \
+  start "kruise-manager-$i" "$bin/kruise-manager" --kubeconfig "$KUBECONFIG" --identity "kruise-manager-$i" \
     --metrics-addr "127.0.0.1:1808$i" --health-probe-addr "127.0.0.1:1800$i" --demo-controller \
     --webhook-port "1987$i" --webhook-host 127.0.0.1
 done
-start kruise-daemon target/debug/kruise-daemon --kubeconfig "$KUBECONFIG" --simulated --addr 127.0.0.1:10221
+start kruise-daemon "$bin/kruise-daemon" --kubeconfig "$KUBECONFIG" --simulated --addr 127.0.0.1:10221
 
 wait_ready() {  # url, what
   for _ in $(seq 150); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
@@ -113,7 +118,7 @@ kubectl get configmaps -A -l kruise.io/demo=true \
 echo
 echo "==> SidecarSet logtail (examples/): injected into new pods, then upgraded in place" >&2
 # The webhook configurations; the leader points them at itself and keeps the CA current.
-target/debug/kruise-manager webhook-configurations | kubectl create -f - >/dev/null 2>&1 || true
+"$bin/kruise-manager" webhook-configurations | kubectl create -f - >/dev/null 2>&1 || true
 for _ in $(seq 100); do
   url=$(kubectl get mutatingwebhookconfiguration kruise-mutating-webhook-configuration \
     -o jsonpath='{.webhooks[0].clientConfig.url}' 2>/dev/null || true)
@@ -178,10 +183,23 @@ kubectl apply --server-side --field-manager=kruise-demo -f examples/sidecarset-l
 echo
 echo "kruise-daemon  http://127.0.0.1:10221/metrics:"
 curl -fsS http://127.0.0.1:10221/metrics | grep -E '^kruise_daemon_nodes_served ' | sed 's/^/    /'
+
+echo
+echo "==> load test: a SidecarSet rolled out over $PODS pods on the $NODES kwok nodes, driven through the Kubernetes API only" >&2
+managers=$(seq -s, -f "127.0.0.1:1808%g" 0 $((REPLICAS - 1)))
+report="$demo/loadtest"
+"$bin/kruise-loadtest" sidecarset-rollout --kubeconfig "$KUBECONFIG" \
+  --manager-metrics "$managers" --daemon-metrics 127.0.0.1:10221 \
+  --pods "$PODS" --namespaces 6 --nodes "$NODES" --out "$report" >"$demo/loadtest.log" 2>&1 ||
+  { echo "the load test failed; see $demo/loadtest.log" >&2; exit 1; }
+# The report, short: its result table and what each replica spent (a debug build: not a benchmark).
+awk '/^## /{p = ($0 ~ /^## (In-place|Processes)/)} /^!\[/{p = 0} p' "$report/sidecarset-rollout.md"
+echo "Full report: $report/sidecarset-rollout.md (JSON next to it), plots: $(cd "$report" && ls *.png 2>/dev/null | xargs)"
+echo "Metrics: $(seq -s' ' -f 'http://127.0.0.1:1808%g/metrics' 0 $((REPLICAS - 1))) http://127.0.0.1:10221/metrics"
 cat <<MSG
 
 The demo keeps running. Try:
-  eval "\$(target/debug/kruise-dev env)"     # KUBECONFIG and the matching kubectl
+  eval "\$($bin/kruise-dev env)"     # KUBECONFIG and the matching kubectl
   kill -TERM \$(cat target/demo/kruise-manager-0.pid)   # its shards move to the others at once
   kubectl get leases -n kruise-system
 Logs: target/demo/*.log and target/dev-cluster/logs/. Stop everything: scripts/demo.sh down

@@ -40,4 +40,12 @@ $lt replica-failover --namespaces 60 --out "$out" >/dev/null
 for s in sidecarset-rollout pod-create-with-injection probe-marker-churn image-pull-fanout replica-failover; do
   [[ -s "$out/$s.json" && -s "$out/$s.md" ]] || { echo "load test $s wrote no report" >&2; exit 1; }
 done
+# README command (a) end to end: the demo cluster, 3 replicas at work, and the rollout load test
+# driven against it through the API only (--kubeconfig), as against any cluster. Stopped after.
+step "the demo (scripts/demo.sh), then scripts/demo.sh down"
+trap 'scripts/demo.sh down >/dev/null 2>&1 || true' EXIT
+scripts/demo.sh >"$out/demo.log" 2>&1 || { tail -40 "$out/demo.log" >&2; echo "the demo failed" >&2; exit 1; }
+grep -q "^| kruise-manager 2" "$out/demo.log" || { echo "the demo printed no load-test report" >&2; exit 1; }
+scripts/demo.sh down >/dev/null
+trap - EXIT
 echo "all checks passed in $(( $(date +%s) - t0 ))s" >&2
