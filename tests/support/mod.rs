@@ -373,6 +373,38 @@ impl ManagerProcess {
     }
 }
 
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        assert_never_forbidden(&self.identity, &self.metrics_addr, &self.process.log);
+    }
+}
+
+/// Fails the test if the API server refused the process at `metrics_addr` any request (403):
+/// under the chart's RBAC (`KRUISE_TEST_RBAC=chart`) that is a missing rule, which a scenario
+/// that still passes would otherwise hide; with admin rights it is one of our own webhooks
+/// refusing our own writes. A process the test stopped has nothing to say.
+fn assert_never_forbidden(name: &str, metrics_addr: &str, log: &std::path::Path) {
+    if std::thread::panicking() {
+        return;
+    }
+    let addr = metrics_addr.to_string();
+    // Drop cannot await, and the test's runtime may be the one dropping: scrape from a thread.
+    let body = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(cluster::process::http_get(&addr, "/metrics"))
+    })
+    .join()
+    .ok()
+    .flatten();
+    let Some(body) = body else { return };
+    let forbidden = cluster::metrics::sum(&body, "rest_client_requests_total", "code=\"403\"").unwrap_or(0.0);
+    if forbidden > 0.0 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("forbidden") || l.contains("403")).take(10).collect();
+        panic!("{name} was refused {forbidden} request(s) with 403; its log says:\n{}", lines.join("\n"));
+    }
+}
+
 /// kruise-daemon in simulated mode (serving every kwok node of `cp`), a child of the test binary.
 pub struct DaemonProcess {
     pub addr: String,
@@ -403,6 +435,12 @@ impl DaemonProcess {
     pub async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
         let body = cluster::process::http_get(&self.addr, "/metrics").await?;
         cluster::metrics::sum(&body, name, labels)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        assert_never_forbidden(&self.process.name, &self.addr, &self.process.log);
     }
 }
 
