@@ -14,7 +14,7 @@ use kube::core::DynamicObject;
 use serde_json::json;
 
 use crate::environment::{ClusterArgs, Environment, KruiseProcess};
-use crate::report::{Latencies, Table, percentile};
+use crate::report::{Latencies, Progress, Table, percentile};
 use crate::{machine, wait_for};
 
 /// How long the benchmark waits for its cluster to get where it needs.
@@ -180,8 +180,10 @@ pub async fn admission(args: AdmissionArgs, cluster: &ClusterArgs) -> anyhow::Re
         let interval = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
         let started = Instant::now();
         let mut tasks = Vec::new();
+        let mut progress = Progress::new("pods sent", started, 1.0);
         for i in 0..args.pods {
             tokio::time::sleep_until((started + interval * i as u32).into()).await;
+            progress.record(i as f64, |_| format!("{n} SidecarSets: {i} of {} pods sent", args.pods));
             let pods = pods.clone();
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();

@@ -21,7 +21,7 @@ use kruise::api::imagepulljob::ImagePullJob;
 use kruise::api::nodeimage::NodeImage;
 
 use crate::environment::{ClusterArgs, Environment};
-use crate::report::{Series, Table};
+use crate::report::{Progress, Table};
 use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -186,27 +186,17 @@ pub async fn images(args: ImagesArgs, cluster: &ClusterArgs) -> anyhow::Result<(
         let load0 = crate::ApiServerLoad::read(&client).await;
         let started = Instant::now();
         dynamic.create(&PostParams::default(), &serde_json::from_value(job)?).await?;
-        let mut last_report = Instant::now();
         let mut status = None;
-        let mut progress = Series { name: format!("nodes succeeded, parallelism {p}"), points: Vec::new() };
+        let mut progress = Progress::new(format!("nodes succeeded, parallelism {p}"), started, 0.2);
         wait_for(&format!("job {name} to complete"), timeout, async || {
             status = jobs.get_opt(&name).await.ok().flatten().and_then(|j| j.status);
-            let t = started.elapsed().as_secs_f64();
-            if progress.points.last().is_none_or(|(last, _)| t - last >= 0.2) {
-                progress.points.push((t, f64::from(status.as_ref().map_or(0, |s| s.succeeded))));
-            }
-            if last_report.elapsed() > Duration::from_secs(10) {
-                last_report = Instant::now();
-                let s = status.clone().unwrap_or_default();
-                println!(
-                    "  parallelism {p}, {:.0} s: {} succeeded, {} active, {} failed of {}",
-                    started.elapsed().as_secs_f64(),
-                    s.succeeded,
-                    s.active,
-                    s.failed,
-                    s.desired
-                );
-            }
+            let s = status.clone().unwrap_or_default();
+            progress.record(f64::from(s.succeeded), |_| {
+                format!(
+                    "parallelism {p}: {} succeeded, {} active, {} failed of {}",
+                    s.succeeded, s.active, s.failed, s.desired
+                )
+            });
             status.as_ref().is_some_and(|s| s.completion_time.is_some())
         })
         .await?;
@@ -215,8 +205,7 @@ pub async fn images(args: ImagesArgs, cluster: &ClusterArgs) -> anyhow::Result<(
         let load1 = crate::ApiServerLoad::read(&client).await;
         load1.report(&load0, &format!("parallelism {p}"), seconds, 8);
         report.add_requests(&format!("parallelism {p}"), seconds, &load1, &load0);
-        progress.points.push((seconds, f64::from(status.as_ref().map_or(0, |s| s.succeeded))));
-        report.series.push(progress);
+        report.series.push(progress.finish(seconds, f64::from(status.as_ref().map_or(0, |s| s.succeeded))));
         let requests: f64 = load1.since(&load0).iter().filter(|r| r.0 != "WATCH").map(|r| r.2).sum();
         let s = status.unwrap_or_default();
         let most_pulling = pulling.lock().ok().and_then(|p| p.most.get(&tag).copied()).unwrap_or(0);

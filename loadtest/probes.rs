@@ -20,7 +20,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::environment::{ClusterArgs, Environment};
-use crate::report::{Latencies, Series, Table, percentile};
+use crate::report::{Latencies, Progress, Table, percentile};
 use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -214,26 +214,17 @@ pub async fn probes(args: ProbesArgs, cluster: &ClusterArgs) -> anyhow::Result<(
         .await?;
     }
     let marked_true = |m: &Marks| m.idle.values().filter(|(v, _)| v.as_deref() == Some("true")).count();
-    // Progress every 10 s. (Counting the daemon's states here would mean listing every
-    // NodePodProbe, which at 1000 nodes costs the API server more than the run itself.)
-    let mut last_report = Instant::now();
-    let mut progress = Series { name: "pods marked".into(), points: Vec::new() };
+    // (Counting the daemon's states too would mean listing every NodePodProbe, which at 1000
+    // nodes costs the API server more than the run itself.)
+    let mut progress = Progress::new("pods marked", started, 0.5);
     wait_for("every pod marked idle", timeout, async || {
         let marked = marks.lock().map(|m| marked_true(&m)).unwrap_or(0);
-        let t = started.elapsed().as_secs_f64();
-        if progress.points.last().is_none_or(|(last, _)| t - last >= 0.5) {
-            progress.points.push((t, marked as f64));
-        }
-        if last_report.elapsed() > Duration::from_secs(10) {
-            last_report = Instant::now();
-            println!("  {:.0} s: {marked} of {} pods marked", started.elapsed().as_secs_f64(), args.pods);
-        }
+        progress.record(marked as f64, |_| format!("{marked} of {} pods marked", args.pods));
         marked >= args.pods
     })
     .await?;
     let first_marks_secs = started.elapsed().as_secs_f64();
-    progress.points.push((first_marks_secs, args.pods as f64));
-    report.series.push(progress);
+    report.series.push(progress.finish(first_marks_secs, args.pods as f64));
     println!("every pod marked {first_marks_secs:.1} s after the markers were created");
     let load_marked = crate::ApiServerLoad::read(&client).await;
     load_marked.report(&load_before_markers, "until every pod was marked", first_marks_secs, 12);

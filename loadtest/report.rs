@@ -66,10 +66,43 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// A value over time (seconds since the phase began), e.g. progress.
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+}
+
+/// A phase's progress while it runs: a point in its series at most every `every` seconds (for
+/// the plot), and a line on stdout at most every 10 s (for whoever watches).
+pub struct Progress {
+    series: Series,
+    started: std::time::Instant,
+    every: f64,
+    last_line: std::time::Instant,
+}
+
+impl Progress {
+    pub fn new(name: impl Into<String>, started: std::time::Instant, every: f64) -> Self {
+        Self { series: Series { name: name.into(), points: Vec::new() }, started, every, last_line: started }
+    }
+
+    /// Records `value` now; `line(seconds)` says it when a line is due.
+    pub fn record(&mut self, value: f64, line: impl FnOnce(f64) -> String) {
+        let t = self.started.elapsed().as_secs_f64();
+        if self.series.points.last().is_none_or(|(last, _)| t - last >= self.every) {
+            self.series.points.push((t, value));
+        }
+        if self.last_line.elapsed() >= std::time::Duration::from_secs(10) {
+            self.last_line = std::time::Instant::now();
+            println!("  {t:.0} s: {}", line(t));
+        }
+    }
+
+    /// The series, ending with `value` at `seconds`.
+    pub fn finish(mut self, seconds: f64, value: f64) -> Series {
+        self.series.points.push((seconds, value));
+        self.series
+    }
 }
 
 #[derive(Serialize)]

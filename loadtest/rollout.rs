@@ -18,7 +18,7 @@ use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::environment::{ClusterArgs, Environment};
-use crate::report::{Report, Series, Table};
+use crate::report::{Progress, Report, Series, Table};
 use crate::{machine, wait_for};
 
 #[derive(clap::Args, Clone)]
@@ -91,8 +91,8 @@ struct Figures {
     pod_writes: f64,
     other_writes: f64,
     apiserver_cpu: f64,
-    /// When each tenth of the pods was updated and ready again (s after the image change).
-    tenths: Vec<f64>,
+    /// Percent updated and ready over time.
+    progress: Series,
 }
 
 pub async fn rollout(args: RolloutArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
@@ -151,8 +151,7 @@ pub async fn rollout(args: RolloutArgs, cluster: &ClusterArgs) -> anyhow::Result
         rows,
     });
     for f in &results {
-        let points = f.tenths.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64 * 10.0)).collect();
-        report.series.push(Series { name: format!("% updated and ready, {} pods", f.pods), points });
+        report.series.push(f.progress.clone());
     }
     report.finish(&args.out)
 }
@@ -212,7 +211,13 @@ async fn measure(
     let n = pods as i64;
     // kwok's own pace (one status patch per pod): the other floor a rollout cannot beat.
     let started = Instant::now();
-    wait_for("every pod injected, running and ready", timeout, async || status(&sets).await.0 == [n, n, n, n]).await?;
+    let mut progress = Progress::new("pods ready", started, 1.0);
+    wait_for("every pod injected, running and ready", timeout, async || {
+        let s = status(&sets).await.0;
+        progress.record(s[2] as f64, |_| format!("{} of {n} pods injected, {} ready", s[0], s[2]));
+        s == [n, n, n, n]
+    })
+    .await?;
     let ready_secs = started.elapsed().as_secs_f64();
 
     // Baseline: the API server's own throughput for pod patches, `concurrency` at a time.
@@ -243,8 +248,13 @@ async fn measure(
     sets.patch("bench", &PatchParams::default(), &Patch::Merge(&patch)).await?;
     // When each tenth of the pods was updated and ready again: the rollout's pace, wave by wave.
     let mut tenths: Vec<f64> = Vec::new();
+    let mut progress = Progress::new(format!("% updated and ready, {pods} pods"), started, 0.5);
     wait_for("the rollout", timeout, async || {
         let (s, observed) = status(&sets).await;
+        let updated_ready = if observed { s[3] } else { 0 };
+        progress.record(updated_ready as f64 * 100.0 / n.max(1) as f64, |_| {
+            format!("rollout: {updated_ready} of {n} pods updated and ready")
+        });
         while observed && tenths.len() < 10 && s[3] * 10 >= n * (tenths.len() as i64 + 1) {
             tenths.push(started.elapsed().as_secs_f64());
         }
@@ -269,7 +279,7 @@ async fn measure(
         pod_writes: pods_after - pods_before,
         other_writes: (all_after - all_before) - (pods_after - pods_before),
         apiserver_cpu,
-        tenths,
+        progress: progress.finish(rollout_secs, 100.0),
     };
     println!(
         "\n{} pods: created in {:.1}s, all ready {:.1}s later; baseline {:.1}s; rollout {:.1}s ({:.2}× baseline), {:.2} pod writes per pod",
