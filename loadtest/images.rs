@@ -66,9 +66,10 @@ struct Pulling {
 
 /// Follows every NodeImage and keeps [`Pulling`] (each watch event is one point in the API
 /// server's order, so the count after it is exact at that version).
-fn follow_pulls(client: &Client, pulling: Arc<Mutex<Pulling>>) {
-    let stream = watcher::watcher(Api::<NodeImage>::all(client.clone()), Default::default()).applied_objects();
-    tokio::spawn(async move {
+fn follow_pulls(client: &Client, pulling: Arc<Mutex<Pulling>>) -> crate::Background {
+    let stream =
+        watcher::watcher(Api::<NodeImage>::all(client.clone()), Default::default()).default_backoff().applied_objects();
+    crate::Background(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ni) = stream.next().await {
             let Ok(ni) = ni else { continue };
@@ -90,7 +91,7 @@ fn follow_pulls(client: &Client, pulling: Arc<Mutex<Pulling>>) {
                 *most = (*most).max(now);
             }
         }
-    });
+    }))
 }
 
 struct Run {
@@ -143,7 +144,7 @@ pub async fn images(args: ImagesArgs, cluster: &ClusterArgs) -> anyhow::Result<(
     println!("NodeImages for {nodes} nodes after {:.1} s", started.elapsed().as_secs_f64());
     env.create_namespaces(&[NAMESPACE.to_string()], timeout).await?;
     let pulling = Arc::new(Mutex::new(Pulling::default()));
-    follow_pulls(&client, pulling.clone());
+    let _following = follow_pulls(&client, pulling.clone());
 
     let writes = async || {
         (

@@ -145,10 +145,21 @@ struct ReplicaFigures {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     // kube logs every failed readiness probe of a starting API server at ERROR: not news here.
     kruise::runtime::logging::init("warn,kube_client=off");
-    let cli = Cli::parse();
+    let result = run(Cli::parse()).await;
+    if let Err(e) = &result {
+        eprintln!("Error: {e:?}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Leave without the runtime's shutdown: a client task still retrying against a control plane
+    // that has stopped can keep it from finishing. The processes a run started die with it.
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let cluster = &cli.cluster;
     match cli.command {
         Cmd::Shards(args) => {
@@ -214,6 +225,16 @@ async fn webhook_control_plane(
     Api::<MutatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &m).await?;
     Api::<ValidatingWebhookConfiguration>::all(client.clone()).create(&PostParams::default(), &v).await?;
     Ok((cp, client))
+}
+
+/// A background task that ends with its owner: a watch must not outlive the cluster it watches
+/// (nor keep the runtime from shutting down).
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Polls `check` until it says true, or fails after `timeout`.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -113,10 +113,10 @@ struct Marks {
     initialized: std::collections::HashSet<(String, String)>,
 }
 
-fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) {
+fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) -> crate::Background {
     let api: Api<Pod> = Api::all(client.clone());
-    let stream = watcher::watcher(api, watcher::Config::default().labels("app=bench"));
-    tokio::spawn(async move {
+    let stream = watcher::watcher(api, watcher::Config::default().labels("app=bench")).default_backoff();
+    crate::Background(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(e) = stream.next().await {
             let (watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = (match e {
@@ -136,7 +136,7 @@ fn follow_marks(client: &Client, marks: Arc<Mutex<Marks>>) {
                 m.idle.insert(key, (value, Instant::now()));
             }
         }
-    });
+    }))
 }
 
 pub async fn probes(args: ProbesArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
@@ -186,7 +186,7 @@ pub async fn probes(args: ProbesArgs, cluster: &ClusterArgs) -> anyhow::Result<(
     let names: Vec<String> = (0..args.namespaces).map(namespace_name).collect();
     env.create_namespaces(&names, timeout).await?;
     let marks = Arc::new(Mutex::new(Marks::default()));
-    follow_marks(&client, marks.clone());
+    let _following = follow_marks(&client, marks.clone());
 
     let create_secs =
         crate::create_pods(&client, &names, args.pods, args.concurrency, |name, i| pod(name, env.node(i))).await?;
