@@ -33,6 +33,12 @@ pub struct FailoverArgs {
     /// Virtual shards (the managers' `--shards`).
     #[arg(long, default_value_t = 32)]
     shards: u32,
+    /// Per-replica write budget. The default is what ships; with many namespaces it, not the
+    /// handover, bounds the stamp latencies (raise it to see the handover alone).
+    #[arg(long, default_value_t = 30.0)]
+    kube_api_qps: f64,
+    #[arg(long, default_value_t = 50)]
+    kube_api_burst: u32,
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
     #[arg(long)]
@@ -104,8 +110,12 @@ pub async fn failover(args: FailoverArgs, cluster: &ClusterArgs) -> anyhow::Resu
     );
     println!("machine: {}; manager: {}", machine(), manager.display());
     let timeout = Duration::from_secs(args.timeout_secs);
-    let parameters =
-        [("namespaces", json!(args.namespaces)), ("replicas", json!(args.replicas)), ("shards", json!(args.shards))];
+    let parameters = [
+        ("namespaces", json!(args.namespaces)),
+        ("replicas", json!(args.replicas)),
+        ("shards", json!(args.shards)),
+        ("kube_api_qps", json!(args.kube_api_qps)),
+    ];
     let mut env = Environment::start(cluster, "failover", 0, Duration::from_secs(300)).await?;
     let mut report = env.report("replica-failover", &parameters);
     let client = env.client.clone();
@@ -117,6 +127,8 @@ pub async fn failover(args: FailoverArgs, cluster: &ClusterArgs) -> anyhow::Resu
         format!("--demo-selector={DEMO_LABEL}=true"),
         format!("--shards={}", args.shards),
         "--controllers=-sidecarset,-podprobemarker,-imagepulljob".to_string(),
+        format!("--kube-api-qps={}", args.kube_api_qps),
+        format!("--kube-api-burst={}", args.kube_api_burst),
     ];
     env.start_managers(&manager, "failover", args.replicas, &extra, timeout).await?;
     // The replicas leave this list as they leave the cluster.
