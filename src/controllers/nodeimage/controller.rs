@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use kube::Client;
+use kube::{Client, Resource};
 use kube::api::ApiResource;
 use rand::Rng;
 use serde_json::json;
@@ -198,13 +198,7 @@ async fn reconcile_node(
         match write(target(name, true), WriteOp::MergePatch(patch)).await {
             Ok(()) => {
                 let reporter = Reporter { component: EVENT_COMPONENT, instance: String::new() };
-                let node_ref = ObjectReference {
-                    api_version: Some("apps.kruise.io/v1alpha1".into()),
-                    kind: Some("NodeImage".into()),
-                    name: Some(name.to_string()),
-                    uid: ni.metadata.uid.clone(),
-                    ..Default::default()
-                };
+                let node_ref = ni.object_ref(&());
                 for f in &failures {
                     let message = format!("Image {}:{} {}", f.image, f.tag, f.message);
                     for owner in f.owners.iter().chain(std::iter::once(&node_ref)) {

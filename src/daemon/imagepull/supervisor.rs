@@ -18,7 +18,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
+use kube::{Client, Resource};
 use kube::api::ApiResource;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rand::Rng;
@@ -242,13 +242,7 @@ impl PullSupervisorState {
             self.live.clear();
             return;
         };
-        let node_image = ObjectReference {
-            api_version: Some("apps.kruise.io/v1alpha1".into()),
-            kind: Some("NodeImage".into()),
-            name: ni.metadata.name.clone(),
-            uid: ni.metadata.uid.clone(),
-            ..Default::default()
-        };
+        let node_image = ni.object_ref(&());
         let asked: HashMap<TagKey, i64> = ni
             .spec
             .images
