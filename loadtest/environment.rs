@@ -124,8 +124,14 @@ impl KruiseProcess {
             return f;
         }
         let s = self.scrape().await;
+        if s.0.is_empty() {
+            // Unreachable: unknown, not zero.
+            return ProcessFigures { cpu_seconds: f64::NAN, peak_resident_bytes: f64::NAN, ..Default::default() };
+        }
         let resident = s.sum("process_resident_memory_bytes", "");
-        let peak = metric_or(&s, "kruise_process_peak_resident_memory_bytes", resident);
+        // Other implementations may not export the peak; the current figure is the next best.
+        let peak =
+            crate::cluster::metrics::sum(&s.0, "kruise_process_peak_resident_memory_bytes", "").unwrap_or(resident);
         ProcessFigures {
             cpu_seconds: s.sum("process_cpu_seconds_total", ""),
             resident_bytes: resident,
@@ -138,10 +144,6 @@ impl KruiseProcess {
     pub fn local(&mut self) -> Option<&mut Component> {
         self.process.as_mut()
     }
-}
-
-fn metric_or(s: &Scrape, name: &str, otherwise: f64) -> f64 {
-    crate::cluster::metrics::sum(&s.0, name, "").unwrap_or(otherwise)
 }
 
 /// The cluster a scenario runs in and the kruise processes it measures.
