@@ -34,6 +34,9 @@ pub struct AdmissionArgs {
     /// The kruise-manager to run; by default the one next to this binary.
     #[arg(long)]
     manager_bin: Option<PathBuf>,
+    /// Extra kruise-manager flags (e.g. `--controllers=-sidecarset`), for a local cluster.
+    #[arg(long, allow_hyphen_values = true)]
+    manager_flag: Vec<String>,
     /// Where pod-create-with-injection.json, .md and the plots go.
     #[arg(long, default_value = "target/loadtest")]
     out: PathBuf,
@@ -105,7 +108,7 @@ pub async fn admission(args: AdmissionArgs, cluster: &ClusterArgs) -> anyhow::Re
     println!("machine: {}; manager: {}", machine(), manager.display());
     let mut env = Environment::start(cluster, "admission", 0, Duration::from_secs(120)).await?;
     let client = env.client.clone();
-    env.start_managers(&manager, "admission-bench", 1, &[], WAIT).await?;
+    env.start_managers(&manager, "admission-bench", 1, &args.manager_flag, WAIT).await?;
     // A manager this run started: wait until the leader (it) points the webhooks at itself.
     if let Some(log) = env.managers.first_mut().and_then(|m| m.local()).map(|p| p.log.clone()) {
         let port = webhook_port(&log).await?;
@@ -123,8 +126,12 @@ pub async fn admission(args: AdmissionArgs, cluster: &ClusterArgs) -> anyhow::Re
         "\n| SidecarSets matching | pods | create p50 ms | create p99 ms | handler mean ms | handler p50 ≤ ms | handler p99 ≤ ms |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let parameters =
-        [("pods", json!(args.pods)), ("rate_per_s", json!(args.rate)), ("sidecarsets", json!(args.sidecarsets))];
+    let parameters = [
+        ("pods", json!(args.pods)),
+        ("rate_per_s", json!(args.rate)),
+        ("sidecarsets", json!(args.sidecarsets)),
+        ("manager_flags", json!(args.manager_flag)),
+    ];
     let mut report = env.report("pod-create-with-injection", &parameters);
     let mut table = Table {
         title: "Pod creation through the sidecar-injecting webhook".into(),
