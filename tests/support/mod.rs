@@ -140,18 +140,26 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         let kubeconfig = self.admin_kubeconfig.clone();
         let name = self.name.clone();
-        // Drop cannot await, and blocking the test's runtime would starve the test's own client
-        // (its connection task runs there): delete from a thread with its own runtime and client.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                if let Ok(client) = cluster::control_plane::client_from_kubeconfig(&kubeconfig).await {
-                    let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
-                }
-            });
-        })
-        .join();
+        // With its own client: the test's runs its connection task on the test's runtime.
+        block_on_own_thread(async move {
+            if let Ok(client) = cluster::control_plane::client_from_kubeconfig(&kubeconfig).await {
+                let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+            }
+        });
     }
+}
+
+/// Runs `work` to completion on a thread with its own runtime, for `Drop`s, which cannot await
+/// and must not block the test's runtime (the test's own tasks may need it to finish); `None`
+/// if that runtime cannot start or `work` panics.
+fn block_on_own_thread<T: Send + 'static>(work: impl std::future::Future<Output = T> + Send + 'static) -> Option<T> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        Some(rt.block_on(work))
+    })
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// Polls `check` every 250 ms until it returns true; panics with `what` after `timeout`.
@@ -263,29 +271,21 @@ mod chart_rbac {
         super::yaml_documents(&yaml)
     }
 
+    /// `kubectl args` as the admin of `cp`, with `input` on stdin; its stdout.
+    fn kubectl(cp: &ControlPlane, args: &[&str], input: Option<&str>) -> String {
+        let kubeconfig = format!("--kubeconfig={}", cp.admin_kubeconfig().display());
+        run(Command::new(tool("kubectl")).arg(kubeconfig).args(args), input)
+    }
+
     fn apply(cp: &ControlPlane, objects: &[serde_json::Value]) {
         let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects });
-        let kubeconfig = cp.admin_kubeconfig();
-        run(
-            Command::new(tool("kubectl")).arg(format!("--kubeconfig={}", kubeconfig.display())).args([
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=kruise-tests",
-                "-f",
-                "-",
-            ]),
-            Some(&list.to_string()),
-        );
+        let args = ["apply", "--server-side", "--force-conflicts", "--field-manager=kruise-tests", "-f", "-"];
+        kubectl(cp, &args, Some(&list.to_string()));
     }
 
     pub fn kubeconfig(cp: &ControlPlane, lease_namespace: &str, component: &str) -> PathBuf {
         let mut applied = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
         let applied = applied.get_or_insert_with(HashSet::new);
-        let kubectl = |args: &[&str]| {
-            let kubeconfig = format!("--kubeconfig={}", cp.admin_kubeconfig().display());
-            run(Command::new(tool("kubectl")).arg(kubeconfig).args(args), None)
-        };
         if applied.insert((cp.dir().to_path_buf(), CHART_NAMESPACE.to_string())) {
             // The chart's cluster-wide rules, bound to its ServiceAccounts in its namespace.
             let ns = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace",
@@ -318,7 +318,7 @@ mod chart_rbac {
             objects.insert(0, ns);
             apply(cp, &objects);
         }
-        let token = kubectl(&["create", "token", component, "-n", CHART_NAMESPACE, "--duration=2h"]);
+        let token = kubectl(cp, &["create", "token", component, "-n", CHART_NAMESPACE, "--duration=2h"], None);
         cp.token_kubeconfig(CHART_NAMESPACE, component, token.trim()).expect("a ServiceAccount kubeconfig")
     }
 }
@@ -388,14 +388,7 @@ fn assert_never_forbidden(name: &str, metrics_addr: &str, log: &std::path::Path)
         return;
     }
     let addr = metrics_addr.to_string();
-    // Drop cannot await, and the test's runtime may be the one dropping: scrape from a thread.
-    let body = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        rt.block_on(cluster::process::http_get(&addr, "/metrics"))
-    })
-    .join()
-    .ok()
-    .flatten();
+    let body = block_on_own_thread(async move { cluster::process::http_get(&addr, "/metrics").await }).flatten();
     let Some(body) = body else { return };
     let forbidden = cluster::metrics::sum(&body, "rest_client_requests_total", "code=\"403\"").unwrap_or(0.0);
     if forbidden > 0.0 {
