@@ -108,7 +108,7 @@ pub struct KruiseProcess {
 
 impl KruiseProcess {
     pub async fn scrape(&self) -> Scrape {
-        Scrape(http_get(&self.metrics_addr, "/metrics").await.unwrap_or_default())
+        crate::scrape(&self.metrics_addr).await
     }
 
     /// CPU time since the run began and peak memory: from `/proc` for a process the run started
@@ -328,7 +328,7 @@ impl Environment {
             let f = p.figures().await;
             let rss_mib = f.peak_resident_bytes / crate::MIB;
             summary.push(format!("{}: {:.1} CPU s / {rss_mib:.0} MiB", p.name, f.cpu_seconds));
-            report.add_process(format!("{}{suffix}", p.name), (rss_mib, f.cpu_seconds));
+            report.add_process(format!("{}{suffix}", p.name), &f);
         }
         summary.join(", ")
     }

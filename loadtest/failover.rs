@@ -100,6 +100,22 @@ fn waited(latencies: &[f64]) -> usize {
     latencies.iter().filter(|l| **l > 2.0).count()
 }
 
+/// One departure's table row from its sorted stamp latencies and when every shard was held
+/// again (`None`: not within the timeout).
+fn row(departure: &str, latencies: &[f64], regained: Option<f64>) -> Vec<serde_json::Value> {
+    vec![
+        json!(departure),
+        json!(latencies.len()),
+        json!(waited(latencies)),
+        json!(percentile(latencies, 0.1)),
+        json!(percentile(latencies, 0.5)),
+        json!(percentile(latencies, 0.9)),
+        json!(percentile(latencies, 0.99)),
+        json!(latencies.last().copied().unwrap_or(f64::NAN)),
+        json!(regained),
+    ]
+}
+
 /// Runs only in a local cluster (it kills its own kruise-rs processes); `cluster` says so.
 pub async fn failover(args: FailoverArgs, cluster: &ClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.replicas >= 3, "--replicas must be at least 3 (one leaves gracefully, one is killed)");
@@ -161,26 +177,12 @@ pub async fn failover(args: FailoverArgs, cluster: &ClusterArgs) -> anyhow::Resu
         ]
         .map(String::from)
         .to_vec(),
-        rows: vec![vec![
-            json!("none (baseline)"),
-            json!(baseline.len()),
-            json!(waited(&baseline)),
-            json!(percentile(&baseline, 0.1)),
-            json!(percentile(&baseline, 0.5)),
-            json!(percentile(&baseline, 0.9)),
-            json!(percentile(&baseline, 0.99)),
-            json!(baseline.last().copied().unwrap_or(f64::NAN)),
-            json!(0.0),
-        ]],
+        rows: vec![row("none (baseline)", &baseline, Some(0.0))],
     };
     report.latencies.push(Latencies { name: "no departure".into(), seconds: baseline });
     for (round, (how, graceful)) in [("SIGTERM (graceful)", true), ("SIGKILL (crash)", false)].into_iter().enumerate() {
         let mut leaving = replicas.remove(0);
-        let f = leaving.figures().await;
-        report.add_process(
-            format!("{} stopped by {how}", leaving.name),
-            (f.peak_resident_bytes / crate::MIB, f.cpu_seconds),
-        );
+        report.add_process(format!("{} stopped by {how}", leaving.name), &leaving.figures().await);
         let load0 = crate::ApiServerLoad::read(&client).await;
         let left = Instant::now();
         let process = leaving.local().context("replica-failover runs only on processes it started")?;
@@ -211,17 +213,7 @@ pub async fn failover(args: FailoverArgs, cluster: &ClusterArgs) -> anyhow::Resu
             latencies.last().copied().unwrap_or(f64::NAN),
             regained.unwrap_or(f64::NAN)
         );
-        table.rows.push(vec![
-            json!(how),
-            json!(latencies.len()),
-            json!(waited(&latencies)),
-            json!(percentile(&latencies, 0.1)),
-            json!(percentile(&latencies, 0.5)),
-            json!(percentile(&latencies, 0.9)),
-            json!(percentile(&latencies, 0.99)),
-            json!(latencies.last().copied().unwrap_or(f64::NAN)),
-            json!(regained),
-        ]);
+        table.rows.push(row(how, &latencies, regained));
         report.latencies.push(Latencies { name: format!("after {how}"), seconds: latencies });
     }
     env.managers = replicas;

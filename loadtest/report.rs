@@ -213,9 +213,10 @@ impl Report {
         md
     }
 
-    /// Adds a process's figures, `(peak RSS MiB, CPU s)` as `process_figures` gives them.
-    pub fn add_process(&mut self, name: impl Into<String>, (peak_rss_mib, cpu_seconds): (f64, f64)) {
-        self.processes.push(Process { name: name.into(), cpu_seconds, peak_rss_mib });
+    /// Adds a process's CPU time and peak memory.
+    pub fn add_process(&mut self, name: impl Into<String>, f: &kruise::runtime::process_metrics::ProcessFigures) {
+        let peak_rss_mib = f.peak_resident_bytes / crate::MIB;
+        self.processes.push(Process { name: name.into(), cpu_seconds: f.cpu_seconds, peak_rss_mib });
     }
 
     /// Writes the report (see [`Report::write`]) and prints it.
